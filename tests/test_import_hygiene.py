@@ -28,12 +28,14 @@ LAYER = {
     "events": 1,
     "metrics": 1,
     "scanner": 2,
+    "chunk_reader": 2,
     "net": 2,
     "control": 3,
     "master": 4,
     "peer": 4,
     "status": 5,
     "demo": 6,
+    "__main__": 7,
     "cli": 7,
 }
 
@@ -53,7 +55,8 @@ def layer_of(module: str) -> int | None:
 
 
 def test_importing_every_sift_module_never_imports_textual():
-    modules = all_sift_modules()
+    # __main__ runs the CLI when imported; its imports are checked by the layering test.
+    modules = [m for m in all_sift_modules() if not m.endswith("__main__")]
     assert "sift.core.chunk" in modules
     code = (
         "import importlib, sys\n"

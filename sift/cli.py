@@ -1,0 +1,164 @@
+"""The `sift` command: master and peer daemons, status, and a local demo cluster.
+
+Exit codes: 0 success or clean shutdown, 1 runtime failure (unreachable, refused, crashed),
+2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
+from sift import __version__
+from sift.config import Address, ConfigError, load_master_config, load_peer_config
+from sift.demo import run_demo
+from sift.master.daemon import MasterDaemon
+from sift.peer.daemon import NotOurDirectory, PeerDaemon
+from sift.protocol import AuthenticationError, ProtocolError
+from sift.state import StateError
+from sift.status import fetch_status, format_status, to_json
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("sift")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run `main(stop)` on uvloop; SIGINT and SIGTERM set `stop` for a clean shutdown."""
+
+    async def wrapper() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(wrapper())
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"sift: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_master_start(args: argparse.Namespace) -> int:
+    try:
+        config = load_master_config(args.config)
+        daemon = MasterDaemon(config)
+    except (ConfigError, StateError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        run_until_signalled(daemon.run)
+    except OSError as exc:
+        return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
+    return EXIT_OK
+
+
+def cmd_peer_start(args: argparse.Namespace) -> int:
+    try:
+        config = load_peer_config(args.config)
+        daemon = PeerDaemon(config)
+    except (ConfigError, StateError, NotOurDirectory) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        run_until_signalled(daemon.run)
+    except OSError as exc:
+        return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    psk = args.psk if args.psk is not None else os.environ.get("SIFT_PSK")
+    if not psk:
+        return _fail("no pre-shared key: pass --psk or set SIFT_PSK", EXIT_USAGE)
+    try:
+        addr = Address.parse(args.master)
+    except ValueError as exc:
+        return _fail(f"--master: {exc}", EXIT_USAGE)
+    try:
+        status = asyncio.run(fetch_status(addr.host, addr.port, psk.encode()))
+    except AuthenticationError as exc:
+        return _fail(f"master {addr} refused the key: {exc}")
+    except TimeoutError:
+        return _fail(f"master {addr} did not answer in time")
+    except (OSError, ConnectionError) as exc:
+        return _fail(f"cannot reach master {addr}: {exc.strerror or exc}")
+    except ProtocolError as exc:
+        return _fail(f"master {addr} spoke nonsense: {exc}")
+    print(to_json(status) if args.json else format_status(status))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(peers=args.peers, base_dir=args.dir, size_mb=args.size_mb)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sift",
+        description="Keep many machines byte-identical to one authoritative directory.",
+    )
+    parser.add_argument("--version", action="version", version=f"sift {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    master = sub.add_parser("master", help="run the master daemon")
+    master_sub = master.add_subparsers(dest="action", required=True)
+    start = master_sub.add_parser("start", help="watch watched_dir and serve peers (foreground)")
+    start.add_argument("--config", required=True, help="path to master.toml")
+    start.set_defaults(func=cmd_master_start)
+
+    peer = sub.add_parser("peer", help="run a peer daemon")
+    peer_sub = peer.add_subparsers(dest="action", required=True)
+    start = peer_sub.add_parser("start", help="mirror the master into local_dir (foreground)")
+    start.add_argument("--config", required=True, help="path to peer.toml")
+    start.set_defaults(func=cmd_peer_start)
+
+    status = sub.add_parser("status", help="show a master's manifest and peers")
+    status.add_argument("--master", required=True, metavar="HOST:PORT")
+    status.add_argument("--psk", help="pre-shared key (default: $SIFT_PSK)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    demo = sub.add_parser("demo", help="run a master and peers on 127.0.0.1 over sample data")
+    demo.add_argument("--peers", type=int, default=2, help="number of peers (default 2)")
+    demo.add_argument("--dir", default=None, help="where to put the demo (default: a temp dir)")
+    demo.add_argument(
+        "--size-mb", type=int, default=32, help="size of the sample binary file in MB (default 32)"
+    )
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

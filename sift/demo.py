@@ -1,0 +1,183 @@
+"""`sift demo`: a master and N peers on 127.0.0.1 over a generated sample dataset.
+
+Every daemon is a real `sift` process with its own config file, so what the demo shows is what an
+operator gets. Ctrl-C stops them all cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sift.status import fetch_status, human_size
+
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_sample_dataset(root: Path, *, size_mb: int = 32, runs: int = 3, seed: int = 7) -> int:
+    """A tree shaped like an experiment's output: run directories with many small CSVs, a JSON
+    metadata file, and one binary file of `size_mb` MB. Returns the bytes written."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    total = 0
+    meta = {
+        "experiment": "sift-demo",
+        "instrument": "beamline-7",
+        "created": "2026-11-26T00:00:00Z",
+        "runs": [],
+    }
+    for run in range(1, runs + 1):
+        run_dir = root / "runs" / f"run-{run:03d}"
+        (run_dir / "spectra").mkdir(parents=True, exist_ok=True)
+        for i in range(40):
+            rows = ["t,channel,counts"] + [
+                f"{t},{rng.randrange(64)},{rng.randrange(100000)}" for t in range(200)
+            ]
+            data = ("\n".join(rows) + "\n").encode()
+            (run_dir / "spectra" / f"spectrum-{i:04d}.csv").write_bytes(data)
+            total += len(data)
+        log = "".join(f"[{t:06d}] detector ok, rate={rng.random():.4f}\n" for t in range(500))
+        (run_dir / "acquisition.log").write_text(log)
+        total += len(log)
+        meta["runs"].append({"id": run, "spectra": 40, "path": f"runs/run-{run:03d}"})
+    (root / "calibration").mkdir(exist_ok=True)  # an empty directory syncs too
+    text = json.dumps(meta, indent=2) + "\n"
+    (root / "metadata.json").write_text(text)
+    total += len(text)
+    block = rng.randbytes(1 << 20)
+    with open(root / "detector-frames.h5", "wb") as f:
+        for i in range(size_mb):
+            # Different bytes per MB, so chunks are distinct like real data.
+            data = i.to_bytes(4, "big") + block[4:]
+            f.write(data)
+            total += len(data)
+    return total
+
+
+def _write_config(path: Path, values: dict) -> None:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def run_demo(peers: int = 2, base_dir: str | None = None, size_mb: int = 32) -> int:
+    if peers < 1:
+        print("sift demo: --peers must be at least 1", file=sys.stderr)
+        return 2
+    temp = base_dir is None
+    base = Path(base_dir or tempfile.mkdtemp(prefix="sift-demo-")).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    psk = secrets.token_urlsafe(24)
+    master_dir = base / "master" / "data"
+    if not master_dir.exists():
+        print(f"generating sample dataset in {master_dir} ...")
+        size = make_sample_dataset(master_dir, size_mb=size_mb)
+        print(f"  {human_size(size)} written")
+    port = free_port()
+    (base / "master").mkdir(exist_ok=True)
+    _write_config(
+        base / "master" / "master.toml",
+        {
+            "watched_dir": str(master_dir),
+            "bind_addr": f"127.0.0.1:{port}",
+            "psk": psk,
+            "state_dir": str(base / "master" / "state"),
+        },
+    )
+    procs: list[tuple[str, subprocess.Popen]] = []
+    logs = []
+
+    def spawn(name: str, args: list[str]) -> None:
+        log_file = open(base / f"{name}.log", "ab")  # noqa: SIM115 (closed at shutdown)
+        logs.append(log_file)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sift", *args], stdout=log_file, stderr=subprocess.STDOUT
+        )
+        procs.append((name, proc))
+
+    spawn("master", ["master", "start", "--config", str(base / "master" / "master.toml")])
+    for i in range(1, peers + 1):
+        pdir = base / f"peer{i}"
+        pdir.mkdir(exist_ok=True)
+        _write_config(
+            pdir / "peer.toml",
+            {
+                "master_addr": f"127.0.0.1:{port}",
+                "psk": psk,
+                "local_dir": str(pdir / "data"),
+                "bind_addr": f"127.0.0.1:{free_port()}",
+            },
+        )
+        spawn(f"peer{i}", ["peer", "start", "--config", str(pdir / "peer.toml")])
+
+    print(f"\nsift demo in {base}")
+    print(f"  master  127.0.0.1:{port}  watching {master_dir}  (log: {base / 'master.log'})")
+    for i in range(1, peers + 1):
+        print(f"  peer{i}   mirror in {base / f'peer{i}' / 'data'}  (log: {base / f'peer{i}.log'})")
+    print(f"\n  status: SIFT_PSK={psk} sift status --master 127.0.0.1:{port}")
+    print("  edit files under the master's data directory and watch the peers follow.")
+    print("  Ctrl-C stops the demo.\n")
+
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    code = 0
+    try:
+        while not stop["flag"]:
+            dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
+            if dead:
+                print(
+                    f"\nsift demo: {dead[0][0]} exited with code {dead[0][1]}; "
+                    f"see {base / (dead[0][0] + '.log')}",
+                    file=sys.stderr,
+                )
+                code = 1
+                break
+            print("\r" + _status_line(port, psk.encode(), peers), end="", flush=True)
+            time.sleep(1.0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        print("\nstopping ...")
+        for _, proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for _, proc in procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for f in logs:
+            f.close()
+        if temp:
+            shutil.rmtree(base, ignore_errors=True)
+    return code
+
+
+def _status_line(port: int, psk: bytes, peers: int) -> str:
+    try:
+        status = asyncio.run(fetch_status("127.0.0.1", port, psk, timeout=2.0))
+    except Exception:
+        return "waiting for the master ...".ljust(100)
+    complete = sum(1 for p in status["peers"] if p["complete"])
+    return (
+        f"version {status['manifest_version']} | {status['files']} files, "
+        f"{human_size(status['bytes'])} | peers connected {status['connected_peers']}/{peers}, "
+        f"in sync {complete}/{peers} | master sent {human_size(status['bytes_sent'])}"
+    ).ljust(100)

@@ -1,0 +1,311 @@
+"""An authenticated sift connection over asyncio streams.
+
+The sans-IO `Connection` does the framing, validation and handshake; this layer only moves bytes,
+matches responses to requests by id, answers pings, and puts a timeout on every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from sift import __version__
+from sift.protocol import Connection, ProtocolError, Role
+from sift.protocol.messages import (
+    ChunkRequest,
+    ChunkResponse,
+    Error,
+    Goodbye,
+    Hello,
+    HelloAck,
+    ManifestRequest,
+    ManifestResponse,
+    Message,
+    PeerListRequest,
+    PeerListResponse,
+    Ping,
+    Pong,
+    StatusRequest,
+    StatusResponse,
+)
+
+log = logging.getLogger("sift.net")
+
+HANDSHAKE_TIMEOUT = 10.0  # an unauthenticated connection gets this long to prove the key
+REQUEST_TIMEOUT = 60.0
+IDLE_TIMEOUT = 90.0  # nothing heard for this long (pings included): the peer is gone
+PING_INTERVAL = 20.0
+READ_SIZE = 1 << 20
+MAX_CONCURRENT_REQUESTS = 32  # per connection: a flood of requests waits, it does not pile up
+
+REQUESTS = (ManifestRequest, ChunkRequest, PeerListRequest, StatusRequest)
+RESPONSES = (ManifestResponse, ChunkResponse, PeerListResponse, StatusResponse)
+
+# handler(channel, request) -> response (or None for one-way messages)
+Handler = Callable[["Channel", Message], Awaitable[Message | None]]
+
+
+class RemoteError(Exception):
+    """The other side answered a request with an Error message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class ChannelClosed(ConnectionError):
+    pass
+
+
+class Channel:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        conn: Connection,
+        hello: Hello | None = None,
+        ack: HelloAck | None = None,
+    ):
+        self.reader = reader
+        self.writer = writer
+        self.conn = conn
+        self.hello = hello  # the client's Hello (server side)
+        self.ack = ack  # the server's HelloAck (client side)
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        self.remote_host, self.remote_port = peer[0], peer[1]
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._closed = asyncio.Event()
+        self._close_reason = ""
+        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._tasks: set[asyncio.Task] = set()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    @property
+    def peer_node_id(self) -> str:
+        return self.conn.peer_node_id or "?"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def send(self, msg: Message) -> None:
+        if self.closed:
+            raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
+        data = self.conn.send(msg)
+        self.bytes_out += len(data)
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def request(self, msg: Message, timeout: float = REQUEST_TIMEOUT) -> Message:
+        """Send a request (its req_id is filled in here) and wait for the matching response."""
+        req_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[req_id] = future
+        try:
+            await self.send(replace(msg, req_id=req_id))
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(req_id, None)
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def serve(self, handler: Handler) -> None:
+        """Read until the connection ends; requests go to `handler` (each in its own task, so
+        a slow one does not hold up the rest), responses to their waiting requests."""
+        keepalive = asyncio.ensure_future(self._keepalive())
+        try:
+            # Frames that arrived in the same read as the handshake's last message.
+            while (msg := self.conn.next_message()) is not None:
+                await self._dispatch(msg, handler)
+            while not self.closed:
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
+                except TimeoutError:
+                    await self.close("idle timeout")
+                    return
+                self.bytes_in += len(data)
+                self.conn.receive_data(data)
+                while (msg := self.conn.next_message()) is not None:
+                    await self._dispatch(msg, handler)
+                if not data:
+                    await self.close("connection closed by peer", send_goodbye=False)
+                    return
+        except ProtocolError as exc:
+            log.warning("%s: protocol error: %s; dropping the connection", self.describe(), exc)
+            with contextlib.suppress(Exception):
+                self.writer.write(self.conn.data_to_send())
+            await self.close(f"protocol error: {exc}", send_goodbye=False)
+        except (ConnectionError, OSError) as exc:
+            await self.close(f"connection lost: {exc}", send_goodbye=False)
+        finally:
+            keepalive.cancel()
+            await self.close("done", send_goodbye=False)
+
+    async def _dispatch(self, msg: Message, handler: Handler) -> None:
+        if isinstance(msg, RESPONSES) or (isinstance(msg, Error) and msg.req_id is not None):
+            future = self._waiting.get(msg.req_id)
+            if future is not None and not future.done():
+                if isinstance(msg, Error):
+                    future.set_exception(RemoteError(msg.code, msg.message))
+                else:
+                    future.set_result(msg)
+            return
+        if isinstance(msg, Ping):
+            await self.send(Pong(msg.token))
+            return
+        if isinstance(msg, Pong):
+            return
+        if isinstance(msg, Goodbye):
+            log.debug("%s said goodbye: %s", self.describe(), msg.reason)
+            await self.close(f"peer said goodbye: {msg.reason}", send_goodbye=False)
+            return
+        if isinstance(msg, Error):
+            log.warning("%s reported an error: %s: %s", self.describe(), msg.code, msg.message)
+            return
+        await self._slots.acquire()  # backpressure: stop reading while too many are running
+        task = asyncio.ensure_future(self._run_handler(msg, handler))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_handler(self, msg: Message, handler: Handler) -> None:
+        try:
+            reply = await handler(self, msg)
+            if reply is not None and not self.closed:
+                await self.send(reply)
+        except (ConnectionError, OSError, ChannelClosed):
+            pass
+        except Exception as exc:
+            log.exception("%s: handling %s failed", self.describe(), type(msg).__name__)
+            req_id = getattr(msg, "req_id", None)
+            if req_id is not None and not self.closed:
+                with contextlib.suppress(Exception):
+                    await self.send(Error(req_id, "internal", str(exc)[:300]))
+        finally:
+            self._slots.release()
+
+    async def _keepalive(self) -> None:
+        token = itertools.count(1)
+        with contextlib.suppress(Exception):
+            while not self.closed:
+                await asyncio.sleep(PING_INTERVAL)
+                await self.send(Ping(next(token)))
+
+    # -- closing ----------------------------------------------------------------------------
+
+    async def close(self, reason: str = "closing", *, send_goodbye: bool = True) -> None:
+        if self.closed:
+            return
+        self._closed.set()
+        self._close_reason = reason
+        if send_goodbye:
+            with contextlib.suppress(Exception):
+                self.writer.write(self.conn.send(Goodbye(reason)))
+                await asyncio.wait_for(self.writer.drain(), 2.0)
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(ChannelClosed(f"connection closed: {reason}"))
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    def describe(self) -> str:
+        return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
+
+
+async def _drive_handshake(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+) -> Message:
+    """Pump bytes until the handshake yields its message (Hello on a server, HelloAck on a
+    client). Raises ProtocolError (AuthenticationError for a wrong key) or ChannelClosed."""
+    while True:
+        data = await reader.read(65536)
+        try:
+            conn.receive_data(data)
+            msg = conn.next_message()
+        except ProtocolError:
+            with contextlib.suppress(Exception):
+                writer.write(conn.data_to_send())
+                await writer.drain()
+            raise
+        out = conn.data_to_send()
+        if out:
+            writer.write(out)
+            await writer.drain()
+        if msg is not None:
+            return msg
+        if not data:
+            raise ChannelClosed("connection closed during the handshake")
+
+
+async def connect(
+    host: str,
+    port: int,
+    psk: bytes,
+    node_id: str,
+    *,
+    node_role: str = "peer",
+    listen_port: int | None = None,
+    advertise_addr: str | None = None,
+    max_frame_size: int | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> Channel:
+    """Open a TCP connection and authenticate. Raises OSError / TimeoutError when unreachable,
+    AuthenticationError on a wrong key."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, limit=READ_SIZE), timeout
+    )
+    kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
+    conn = Connection(
+        Role.CLIENT,
+        psk,
+        node_id,
+        node_role=node_role,
+        software=f"sift/{__version__}",
+        listen_port=listen_port,
+        advertise_addr=advertise_addr,
+        **kwargs,
+    )
+    try:
+        writer.write(conn.initiate())
+        await writer.drain()
+        ack = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+    except BaseException:
+        writer.close()
+        raise
+    assert isinstance(ack, HelloAck)
+    return Channel(reader, writer, conn, ack=ack)
+
+
+async def accept(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    psk: bytes,
+    node_id: str,
+    manifest_version: Callable[[], int],
+    *,
+    max_frame_size: int | None = None,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> Channel:
+    """Server side of the handshake on a freshly accepted connection."""
+    kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
+    conn = Connection(Role.SERVER, psk, node_id, **kwargs)
+    hello = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+    assert isinstance(hello, Hello)
+    peer = writer.get_extra_info("peername") or ("?", 0)
+    writer.write(conn.accept(manifest_version(), f"{peer[0]}:{peer[1]}"))
+    await writer.drain()
+    return Channel(reader, writer, conn, hello=hello)

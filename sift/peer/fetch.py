@@ -1,0 +1,220 @@
+"""The fetch scheduler: get every missing chunk, from peers first and from the master last.
+
+The peer asks the master for its missing chunks in random order (so peers that need the same new
+data at once ask for different chunks first). The master answers each batch with the chunks it
+sends itself plus "fetch these from peer P" for the rest; those go to per-peer queues. A source
+that fails or serves bad bytes is avoided for that chunk, and the chunk goes back to the master
+with the avoid list, so the master points elsewhere or sends it itself. Every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sift.protocol.messages import ChunkResponse
+
+log = logging.getLogger("sift.peer.fetch")
+
+BATCH_BYTES = 4 * 1024 * 1024  # a transfer unit: large enough to amortize a round trip
+BATCH_CHUNKS = 256  # many small chunks travel together
+MASTER_PARALLEL = 4  # requests in flight to the master
+PEER_PARALLEL = 4  # requests in flight to each peer
+MAX_STALE_ROUNDS = 20  # the master said "stale" this many times: give up this sync
+BAD_CHUNKS_BEFORE_BAN = 3
+
+
+class ManifestOutdated(Exception):
+    """The master no longer has a chunk we were told to fetch: the manifest moved on."""
+
+
+class FetchFailed(Exception):
+    pass
+
+
+class ChunkSource(Protocol):
+    async def ask_master(self, hashes: list[bytes], avoid: list[str]) -> ChunkResponse: ...
+
+    async def ask_peer(self, addr: str, hashes: list[bytes]) -> ChunkResponse: ...
+
+
+# Called with a batch of (hash, data) and the source's name; verifies and stores them, and returns
+# the hashes whose bytes did not match.
+ChunkSink = Callable[[list[tuple[bytes, bytes]], str], Awaitable[list[bytes]]]
+
+
+@dataclass
+class FetchStats:
+    from_master: int = 0
+    from_peers: int = 0
+    bytes_from_master: int = 0
+    bytes_from_peers: int = 0
+    bad_chunks: int = 0
+    by_source: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    pending: set[bytes]
+    avoid: dict[bytes, set[str]] = field(default_factory=dict)
+    master_queue: deque[bytes] = field(default_factory=deque)
+    peer_queues: dict[str, deque[bytes]] = field(default_factory=dict)
+    active: dict[str, int] = field(default_factory=dict)  # source -> requests in flight
+    bad: dict[str, int] = field(default_factory=dict)
+    banned: set[str] = field(default_factory=set)
+    stale_rounds: int = 0
+
+
+class Fetcher:
+    MASTER = "master"
+
+    def __init__(
+        self,
+        source: ChunkSource,
+        sink: ChunkSink,
+        lengths: Mapping[bytes, int],
+        *,
+        rng: random.Random | None = None,
+    ):
+        self.source = source
+        self.sink = sink
+        self.lengths = lengths
+        self.rng = rng or random.Random()
+        self.stats = FetchStats()
+
+    async def fetch(self, hashes: Iterable[bytes]) -> FetchStats:
+        order = list(dict.fromkeys(hashes))
+        self.rng.shuffle(order)
+        work = _Work(pending=set(order), master_queue=deque(order))
+        tasks: dict[asyncio.Task, str] = {}
+        try:
+            while work.pending:
+                self._start_requests(work, tasks)
+                if not tasks:
+                    # Nothing in flight and nothing queued, yet chunks are pending: requeue them
+                    # to the master rather than wait forever.
+                    work.master_queue.extend(work.pending)
+                    self._start_requests(work, tasks)
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    source = tasks.pop(task)
+                    work.active[source] -= 1
+                    task.result()  # propagates ManifestOutdated / FetchFailed
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return self.stats
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def _take_batch(self, queue: deque[bytes], work: _Work) -> list[bytes]:
+        batch: list[bytes] = []
+        size = 0
+        while queue and len(batch) < BATCH_CHUNKS and size < BATCH_BYTES:
+            chunk = queue.popleft()
+            if chunk in work.pending:
+                batch.append(chunk)
+                size += self.lengths.get(chunk, 0)
+        return batch
+
+    def _start_requests(self, work: _Work, tasks: dict[asyncio.Task, str]) -> None:
+        while work.master_queue and work.active.get(self.MASTER, 0) < MASTER_PARALLEL:
+            batch = self._take_batch(work.master_queue, work)
+            if not batch:
+                break
+            self._launch(self._from_master(batch, work), self.MASTER, work, tasks)
+        for addr, queue in work.peer_queues.items():
+            while queue and work.active.get(addr, 0) < PEER_PARALLEL:
+                batch = self._take_batch(queue, work)
+                if not batch:
+                    break
+                self._launch(self._from_peer(addr, batch, work), addr, work, tasks)
+
+    @staticmethod
+    def _launch(coro, source: str, work: _Work, tasks: dict[asyncio.Task, str]) -> None:
+        work.active[source] = work.active.get(source, 0) + 1
+        tasks[asyncio.ensure_future(coro)] = source
+
+    # -- one request each -------------------------------------------------------------------
+
+    async def _from_master(self, batch: list[bytes], work: _Work) -> None:
+        avoid = sorted({a for h in batch for a in work.avoid.get(h, ())} | work.banned)
+        response = await self.source.ask_master(batch, avoid)
+        if response.missing:
+            raise ManifestOutdated(f"the master no longer has {len(response.missing)} chunk(s)")
+        await self._accept(response.chunks, self.MASTER, work)
+        for chunk, addr in response.elsewhere:
+            if chunk in work.pending:
+                work.peer_queues.setdefault(addr, deque()).append(chunk)
+        if response.stale:
+            work.stale_rounds += 1
+            if work.stale_rounds > MAX_STALE_ROUNDS:
+                raise FetchFailed("the master keeps answering 'stale': its files keep changing")
+            # The master rescans the changed file; ask again shortly.
+            await asyncio.sleep(min(0.05 * work.stale_rounds, 1.0))
+            work.master_queue.extend(response.stale)
+        answered = {c for c, _ in response.chunks} | {c for c, _ in response.elsewhere}
+        answered |= set(response.stale)
+        unanswered = [c for c in batch if c not in answered and c in work.pending]
+        work.master_queue.extend(unanswered)
+
+    async def _from_peer(self, addr: str, batch: list[bytes], work: _Work) -> None:
+        try:
+            response = await self.source.ask_peer(addr, batch)
+        except (TimeoutError, OSError, ConnectionError) as exc:
+            log.info("peer %s unavailable (%s); asking the master for its share", addr, exc)
+            self._give_up_on(addr, batch, work, ban=True)
+            return
+        except Exception as exc:  # a protocol error from a misbehaving peer
+            log.warning("peer %s failed: %s; asking the master for its share", addr, exc)
+            self._give_up_on(addr, batch, work, ban=True)
+            return
+        await self._accept(response.chunks, addr, work)
+        got = {c for c, _ in response.chunks}
+        self._give_up_on(addr, [c for c in batch if c not in got and c in work.pending], work)
+
+    def _give_up_on(self, addr: str, chunks: list[bytes], work: _Work, ban: bool = False) -> None:
+        if ban:
+            work.banned.add(addr)
+            chunks = chunks + list(work.peer_queues.pop(addr, ()))
+        for chunk in chunks:
+            if chunk in work.pending:
+                work.avoid.setdefault(chunk, set()).add(addr)
+                work.master_queue.append(chunk)
+
+    async def _accept(self, chunks: tuple[tuple[bytes, bytes], ...], source: str, work: _Work):
+        wanted = [(h, d) for h, d in chunks if h in work.pending]
+        if not wanted:
+            return
+        bad = set(await self.sink(wanted, source))
+        for chunk, data in wanted:
+            if chunk in bad:
+                self.stats.bad_chunks += 1
+                log.warning("chunk %s from %s does not match its hash", chunk.hex()[:16], source)
+                if source == self.MASTER:
+                    # The master verifies before sending, so this is corruption in transit.
+                    work.stale_rounds += 1
+                    if work.stale_rounds > MAX_STALE_ROUNDS:
+                        raise FetchFailed("chunks from the master keep failing verification")
+                else:
+                    work.bad[source] = work.bad.get(source, 0) + 1
+                    if work.bad[source] >= BAD_CHUNKS_BEFORE_BAN:
+                        self._give_up_on(source, [], work, ban=True)
+                    work.avoid.setdefault(chunk, set()).add(source)
+                work.master_queue.append(chunk)
+                continue
+            work.pending.discard(chunk)
+            self.stats.by_source[source] = self.stats.by_source.get(source, 0) + len(data)
+            if source == self.MASTER:
+                self.stats.from_master += 1
+                self.stats.bytes_from_master += len(data)
+            else:
+                self.stats.from_peers += 1
+                self.stats.bytes_from_peers += len(data)

@@ -1,0 +1,228 @@
+"""One sync: bring `local_dir` to a target manifest.
+
+1. scan `local_dir` (cached: only changed files are rehashed) and plan the difference;
+2. open part files in `.sift/tmp` (resuming what a killed sync already wrote);
+3. copy every chunk that already exists in a local file (a rename or a duplicate costs nothing);
+4. fetch the rest (peers first, the master last), verifying each chunk's BLAKE3;
+5. commit: remove what the target lacks, create directories, rename complete files into place,
+   place symlinks, fix modes and mtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sift.chunk_reader import ChunkReader
+from sift.core.chunk import hash_chunk
+from sift.core.chunker import FileChunks
+from sift.core.manifest import ChunkLocation, DirEntry, FileEntry, Manifest
+from sift.peer.assembly import Assembler, PartFile
+from sift.peer.fetch import ChunkSource, Fetcher, FetchStats
+from sift.peer.plan import SyncPlan, make_plan
+from sift.scanner import Scanner
+from sift.state import ScanCache
+
+log = logging.getLogger("sift.peer.sync")
+
+COPY_BATCH = 256  # local chunk copies read per step (bounds memory to ~BATCH x max chunk size)
+
+
+@dataclass
+class SyncReport:
+    version: int
+    files_written: int = 0
+    files_deleted: int = 0
+    bytes_copied_locally: int = 0
+    fetch: FetchStats = field(default_factory=FetchStats)
+    seconds: float = 0.0
+
+
+class LocalChunks:
+    """Where this peer can read each chunk it holds: final files and part files alike. Used to
+    copy chunks locally and to serve them to other peers. Reads verify the hash."""
+
+    def __init__(self, local_dir: Path):
+        self.reader = ChunkReader(local_dir)
+        self.locations: dict[bytes, ChunkLocation] = {}
+        self.pending: set[bytes] = set()  # chunks the running sync is still fetching
+        self._arrived = asyncio.Event()
+
+    def reset(self, locations: dict[bytes, ChunkLocation]) -> None:
+        self.locations = locations
+        self.reader.close()
+
+    def add(self, digest: bytes, location: ChunkLocation) -> None:
+        self.locations[digest] = location
+
+    def announce_arrivals(self) -> None:
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+
+    async def wait_for_arrivals(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+
+
+def locations_of(entries) -> dict[bytes, ChunkLocation]:
+    out: dict[bytes, ChunkLocation] = {}
+    for entry in entries:
+        if isinstance(entry, FileEntry):
+            offset = 0
+            for chunk in entry.chunks:
+                out.setdefault(chunk.hash, ChunkLocation(entry.path, offset, chunk.length))
+                offset += chunk.length
+    return out
+
+
+class Syncer:
+    def __init__(
+        self,
+        local_dir: Path,
+        cache: ScanCache,
+        chunks: LocalChunks,
+        source: ChunkSource,
+        on_progress: Callable[[list[bytes]], None] | None = None,
+    ):
+        self.local_dir = Path(local_dir)
+        self.cache = cache
+        self.chunks = chunks
+        self.source = source
+        self.assembler = Assembler(self.local_dir)
+        self.on_progress = on_progress or (lambda added: None)
+
+    async def scan_local(self, target: Manifest) -> dict:
+        scanner = Scanner(self.local_dir, self.cache, target.params)
+        result = await asyncio.to_thread(scanner.scan)
+        return {e.path: e for e in result.entries}
+
+    async def run(self, target: Manifest) -> SyncReport:
+        started = time.monotonic()
+        report = SyncReport(version=target.version)
+        local = await self.scan_local(target)
+        self.chunks.reset(locations_of(local.values()))
+        plan = make_plan(local, target)
+        if plan.is_empty:
+            self.chunks.reset(locations_of(target.entries.values()))
+            report.seconds = time.monotonic() - started
+            return report
+        parts = await asyncio.to_thread(self._open_parts, plan)
+        try:
+            dests = self._destinations(parts)
+            report.bytes_copied_locally = await self._copy_local(dests)
+            needed = [h for h in dests if h not in self._written]
+            if needed:
+                lengths = {c.hash: c.length for f in plan.write for c in f.chunks}
+                self.chunks.pending = set(needed)
+                fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
+                report.fetch = await fetcher.fetch(needed)
+            await asyncio.to_thread(self._commit, plan, parts, report)
+        finally:
+            self.chunks.pending = set()
+            for part in parts:
+                self.assembler.close(part)
+        self.chunks.reset(locations_of(target.entries.values()))
+        report.seconds = time.monotonic() - started
+        return report
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _open_parts(self, plan: SyncPlan) -> list[PartFile]:
+        parts = [self.assembler.open_part(entry) for entry in plan.write]
+        self.assembler.remove_stale_parts(p.path for p in parts)
+        return parts
+
+    def _destinations(self, parts: list[PartFile]) -> dict[bytes, list[tuple[PartFile, int]]]:
+        self._written: set[bytes] = set()
+        dests: dict[bytes, list[tuple[PartFile, int]]] = {}
+        for part in parts:
+            rel = str(part.path.relative_to(self.local_dir))
+            offset = 0
+            for chunk in part.entry.chunks:
+                if offset in part.missing:
+                    dests.setdefault(chunk.hash, []).append((part, offset))
+                else:  # already in the part file from an earlier, interrupted sync
+                    self.chunks.add(chunk.hash, ChunkLocation(rel, offset, chunk.length))
+                offset += chunk.length
+        return dests
+
+    async def _copy_local(self, dests: dict[bytes, list[tuple[PartFile, int]]]) -> int:
+        local = [h for h in dests if h in self.chunks.locations]
+        copied = 0
+        for i in range(0, len(local), COPY_BATCH):
+            batch = local[i : i + COPY_BATCH]
+            found, _stale = await asyncio.to_thread(
+                self.chunks.reader.read_many, batch, dict(self.chunks.locations)
+            )
+            await asyncio.to_thread(self._store, found, dests)
+            copied += sum(len(d) for _, d in found)
+        return copied
+
+    def _store(self, found: list[tuple[bytes, bytes]], dests) -> None:
+        """Write verified chunks to every place that needs them (worker thread)."""
+        for digest, data in found:
+            for part, offset in dests.get(digest, ()):
+                self.assembler.write(part, offset, data)
+            self._written.add(digest)
+
+    def _make_sink(self, dests):
+        async def sink(batch: list[tuple[bytes, bytes]], source: str) -> list[bytes]:
+            def verify_and_store() -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+                good, bad = [], []
+                for digest, data in batch:
+                    (good if hash_chunk(data) == digest else bad).append((digest, data))
+                self._store(good, dests)
+                return good, [d for d, _ in bad]
+
+            good, bad = await asyncio.to_thread(verify_and_store)
+            for digest, data in good:
+                part, offset = dests[digest][0]
+                rel = str(part.path.relative_to(self.local_dir))
+                self.chunks.add(digest, ChunkLocation(rel, offset, len(data)))
+                self.chunks.pending.discard(digest)
+            if good:
+                self.chunks.announce_arrivals()
+                self.on_progress([d for d, _ in good])
+            return bad
+
+        return sink
+
+    def _commit(self, plan: SyncPlan, parts: list[PartFile], report: SyncReport) -> None:
+        asm = self.assembler
+        for rel in plan.delete:
+            asm.delete(rel)
+            self.cache.remove(rel)
+        report.files_deleted = len(plan.delete)
+        for entry in plan.make_dirs:
+            asm.make_dir(entry)
+        incomplete = [p.entry.path for p in parts if not p.complete]
+        if incomplete:
+            raise RuntimeError(f"sync ended with {len(incomplete)} incomplete file(s)")
+        placed = asm.commit(parts)
+        with self.cache.batch():
+            for entry, st in placed:
+                self._remember(entry, st, plan.target)
+            for entry in plan.touch:
+                self._remember(entry, asm.touch(entry), plan.target)
+        report.files_written = len(placed)
+        for link in plan.links:
+            asm.place_symlink(link)
+        # Directory modes last and deepest first: a read-only directory must not block its own
+        # children from being placed.
+        dirs = [e for e in plan.target.entries.values() if isinstance(e, DirEntry)]
+        for entry in sorted(dirs, key=lambda e: e.path, reverse=True):
+            asm.set_dir_mode(entry)
+
+    def _remember(self, entry: FileEntry, st, target: Manifest) -> None:
+        """Record a placed file in the scan cache so the next scan does not rehash it."""
+        self.cache.put(
+            entry.path,
+            FileChunks(
+                st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, target.params, entry.chunks
+            ),
+        )
