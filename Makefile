@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint format bench-chunk clean
+.PHONY: test lint format demo bench-chunk bench-sync clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ format: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+# A master and two peers on 127.0.0.1 over a generated sample dataset; Ctrl-C stops it.
+demo: $(VENV)/.installed
+	$(BIN)/sift demo $(DEMO_ARGS)
+
+bench-sync: $(VENV)/.installed
+	$(BIN)/python -m bench.sync
 
 bench-chunk: $(VENV)/.installed
 	$(BIN)/python -m bench.chunk

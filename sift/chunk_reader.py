@@ -10,6 +10,7 @@ changed since it was scanned: the chunk is answered "stale" and the caller resca
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,11 +24,20 @@ class ChunkReader:
         self.root = Path(root)
         self.max_open = max_open
         self._fds: OrderedDict[str, int] = OrderedDict()  # LRU of open files, by relative path
+        # Reads run in worker threads; the lock keeps one thread from closing a descriptor
+        # another is reading (or reading a reused descriptor number).
+        self._lock = threading.Lock()
 
     def read_many(
         self, hashes: Sequence[bytes], locations: Mapping[bytes, ChunkLocation]
     ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         """Read and verify each chunk. Returns (found, stale). Blocking: run in a thread."""
+        with self._lock:
+            return self._read_many(hashes, locations)
+
+    def _read_many(
+        self, hashes: Sequence[bytes], locations: Mapping[bytes, ChunkLocation]
+    ) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
         found: list[tuple[bytes, bytes]] = []
         stale: list[bytes] = []
         for digest in hashes:
@@ -46,7 +56,7 @@ class ChunkReader:
         try:
             data = os.pread(fd, loc.length, loc.offset)
         except OSError:
-            self.forget(loc.path)
+            self._forget(loc.path)
             return None
         return data if len(data) == loc.length else None
 
@@ -68,11 +78,19 @@ class ChunkReader:
 
     def forget(self, rel: str) -> None:
         """Close a cached descriptor: the file was replaced, a fresh open sees the new inode."""
+        with self._lock:
+            self._forget(rel)
+
+    def _forget(self, rel: str) -> None:
         fd = self._fds.pop(rel, None)
         if fd is not None:
             os.close(fd)
 
     def close(self) -> None:
+        with self._lock:
+            self._close_all()
+
+    def _close_all(self) -> None:
         while self._fds:
             _, fd = self._fds.popitem()
             os.close(fd)

@@ -63,6 +63,7 @@ class Assembler:
         self.local_dir = Path(local_dir)
         self.tmp_dir = self.local_dir / RESERVED_DIR / TMP_SUBDIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._checked_dirs: set[str] = set()
 
     def part_path(self, entry: FileEntry) -> Path:
         name = blake3(entry.path.encode()).hexdigest()[:24] + "-" + entry.digest.hex()[:16]
@@ -150,31 +151,39 @@ class Assembler:
         return placed
 
     def ensure_parent(self, rel: str) -> None:
-        parent = (self.local_dir / rel).parent
-        if parent.is_dir() and not parent.is_symlink():
-            return
-        # Walk down from the root: anything that is not a directory where one is needed goes.
+        """Make every directory above `rel` a real directory inside local_dir. Each level is
+        checked with lstat (once per sync): a symlink or file where a directory belongs is
+        removed, so a write can never be redirected outside the tree."""
         current = self.local_dir
+        prefix = ""
         for name in Path(rel).parent.parts:
+            prefix = f"{prefix}/{name}" if prefix else name
             current = current / name
+            if prefix in self._checked_dirs:
+                continue
             self._clear_obstacle(current, want_dir=True)
             if not current.is_dir():
                 current.mkdir(mode=0o755)
+            self._checked_dirs.add(prefix)
+
+    def forget_checked_dirs(self) -> None:
+        """Call at the start of each sync: the tree may have changed since the last one."""
+        self._checked_dirs.clear()
 
     @staticmethod
     def _clear_obstacle(path: Path, want_dir: bool) -> None:
+        """Remove whatever stands at `path` unless it is already what we want there."""
         try:
             st = path.lstat()
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode) and want_dir:
-            return
         if stat.S_ISDIR(st.st_mode):
-            # A directory where a file must go: the plan deletes its contents first, so it is
-            # empty unless someone wrote into it meanwhile; refuse to remove data silently.
-            path.rmdir()
-        elif not want_dir or not stat.S_ISDIR(st.st_mode):
-            path.unlink()
+            if not want_dir:
+                # The plan deletes a directory's contents before a file takes its place, so it
+                # is empty unless someone wrote into it meanwhile: never remove data silently.
+                path.rmdir()
+            return
+        path.unlink()  # a file or symlink (even one pointing at a directory)
 
     @staticmethod
     def fsync_dirs(dirs: Iterable[str]) -> None:

@@ -245,9 +245,16 @@ class PeerDaemon:
                 log.error("sync failed writing %s: %s", self.local_dir, exc.strerror or exc)
                 self._sync_needed.set()
                 await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
+            except Exception:
+                failures += 1
+                log.exception("sync failed unexpectedly; retrying")
+                self._sync_needed.set()
+                await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
 
     async def _sync_once(self) -> None:
         target = await self._fetch_manifest()
+        if target.version == 0:
+            return  # the master has not finished its first scan: nothing to mirror yet
         self.syncing = True
         try:
             report = await self.syncer.run(target)

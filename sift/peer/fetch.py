@@ -149,7 +149,7 @@ class Fetcher:
         response = await self.source.ask_master(batch, avoid)
         if response.missing:
             raise ManifestOutdated(f"the master no longer has {len(response.missing)} chunk(s)")
-        await self._accept(response.chunks, self.MASTER, work)
+        await self._accept(response.chunks, batch, self.MASTER, work)
         for chunk, addr in response.elsewhere:
             if chunk in work.pending:
                 work.peer_queues.setdefault(addr, deque()).append(chunk)
@@ -176,7 +176,7 @@ class Fetcher:
             log.warning("peer %s failed: %s; asking the master for its share", addr, exc)
             self._give_up_on(addr, batch, work, ban=True)
             return
-        await self._accept(response.chunks, addr, work)
+        await self._accept(response.chunks, batch, addr, work)
         got = {c for c, _ in response.chunks}
         self._give_up_on(addr, [c for c in batch if c not in got and c in work.pending], work)
 
@@ -189,8 +189,21 @@ class Fetcher:
                 work.avoid.setdefault(chunk, set()).add(addr)
                 work.master_queue.append(chunk)
 
-    async def _accept(self, chunks: tuple[tuple[bytes, bytes], ...], source: str, work: _Work):
-        wanted = [(h, d) for h, d in chunks if h in work.pending]
+    async def _accept(
+        self,
+        chunks: tuple[tuple[bytes, bytes], ...],
+        asked: list[bytes],
+        source: str,
+        work: _Work,
+    ):
+        # Only chunks this request asked for, each once: a peer that repeats a chunk or pushes
+        # one in flight elsewhere must not get it stored or counted twice.
+        asked_set = set(asked)
+        wanted_by_hash: dict[bytes, bytes] = {}
+        for h, d in chunks:
+            if h in asked_set and h in work.pending:
+                wanted_by_hash.setdefault(h, d)
+        wanted = list(wanted_by_hash.items())
         if not wanted:
             return
         bad = set(await self.sink(wanted, source))

@@ -104,6 +104,7 @@ class Syncer:
     async def run(self, target: Manifest) -> SyncReport:
         started = time.monotonic()
         report = SyncReport(version=target.version)
+        self.assembler.forget_checked_dirs()
         local = await self.scan_local(target)
         self.chunks.reset(locations_of(local.values()))
         plan = make_plan(local, target)

@@ -154,7 +154,11 @@ class Cluster:
         if self.master is None:
             self.master = Daemon("master", "master", cfg, self.base / "master.log")
         self.master.start()
-        wait_for(lambda: self.try_status() is not None, 30, "the master to answer status")
+        wait_for(
+            lambda: (self.try_status() or {}).get("manifest_version", 0) >= 1,
+            60,
+            "the master to publish its first manifest",
+        )
         return self.master
 
     def add_peer(self, psk: str | None = None, start: bool = True, **extra) -> Daemon:

@@ -1,0 +1,426 @@
+"""sift.peer.fetch: the fetch scheduler against an in-memory master and fake peers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+
+import pytest
+
+from sift.core.chunk import hash_chunk
+from sift.peer import fetch as fetch_mod
+from sift.peer.fetch import (
+    BAD_CHUNKS_BEFORE_BAN,
+    MAX_STALE_ROUNDS,
+    Fetcher,
+    FetchFailed,
+    ManifestOutdated,
+)
+from sift.protocol.errors import ProtocolError
+from sift.protocol.messages import ChunkResponse
+
+_real_sleep = asyncio.sleep
+
+
+def make_chunks(n: int, seed: int = 0) -> dict[bytes, bytes]:
+    rng = random.Random(seed)
+    out: dict[bytes, bytes] = {}
+    for _ in range(n):
+        data = rng.randbytes(rng.randint(1, 300))
+        out[hash_chunk(data)] = data
+    return out
+
+
+class FakePeer:
+    """mode: good | liar (wrong bytes) | dead (OSError) | broken (protocol error) | empty."""
+
+    def __init__(self, data: dict[bytes, bytes], mode: str = "good", lie_first: int | None = None):
+        self.data = data
+        self.mode = mode
+        self.lie_first = lie_first  # liar: lie only on this many chunks, then serve honestly
+        self.calls: list[list[bytes]] = []
+        self.lies = 0
+        self.extra: list[tuple[bytes, bytes]] = []  # appended to every answer (hostile peers)
+        self.duplicate = False
+
+    async def serve(self, hashes: list[bytes]) -> ChunkResponse:
+        self.calls.append(list(hashes))
+        await _real_sleep(0)
+        if self.mode == "dead":
+            raise ConnectionRefusedError(111, "Connection refused")
+        if self.mode == "broken":
+            raise ProtocolError("garbage frame")
+        chunks: list[tuple[bytes, bytes]] = []
+        for h in hashes:
+            if self.mode == "empty" or h not in self.data:
+                continue
+            data = self.data[h]
+            if self.mode == "liar" and (self.lie_first is None or self.lies < self.lie_first):
+                self.lies += 1
+                data = b"not it" + data
+            chunks.append((h, data))
+            if self.duplicate:
+                chunks.append((h, data))
+        chunks.extend(self.extra)
+        return ChunkResponse(0, tuple(chunks), (), (), ())
+
+
+class FakeNet:
+    """The master plus peers. The master redirects chunks listed in `redirect` to that peer
+    unless the requester avoids it, answers `stale` while a chunk's stale budget lasts, `missing`
+    for chunks it does not know, and can corrupt a chunk a number of times in transit."""
+
+    def __init__(self, data: dict[bytes, bytes]):
+        self.data = data
+        self.redirect: dict[bytes, str] = {}
+        self.peers: dict[str, FakePeer] = {}
+        self.stale: Counter[bytes] = Counter()
+        self.corrupt: Counter[bytes] = Counter()
+        self.missing: set[bytes] = set()
+        self.master_calls: list[tuple[list[bytes], list[str]]] = []
+        self.redirected: dict[bytes, list[str]] = {}  # chunk -> peers it was sent to
+        self.asked_after_redirect: list[tuple[bytes, list[str]]] = []
+
+    async def ask_master(self, hashes: list[bytes], avoid: list[str]) -> ChunkResponse:
+        self.master_calls.append((list(hashes), list(avoid)))
+        await _real_sleep(0)
+        chunks, missing, stale, elsewhere = [], [], [], []
+        for h in hashes:
+            if h in self.redirected:
+                self.asked_after_redirect.append((h, list(avoid)))
+            if h in self.missing or h not in self.data:
+                missing.append(h)
+            elif self.stale[h] > 0:
+                self.stale[h] -= 1
+                stale.append(h)
+            elif h in self.redirect and self.redirect[h] not in avoid:
+                elsewhere.append((h, self.redirect[h]))
+                self.redirected.setdefault(h, []).append(self.redirect[h])
+            elif self.corrupt[h] > 0:
+                self.corrupt[h] -= 1
+                chunks.append((h, b"flipped" + self.data[h]))
+            else:
+                chunks.append((h, self.data[h]))
+        return ChunkResponse(0, tuple(chunks), tuple(missing), tuple(stale), tuple(elsewhere))
+
+    async def ask_peer(self, addr: str, hashes: list[bytes]) -> ChunkResponse:
+        return await self.peers[addr].serve(hashes)
+
+    def add_peer(self, addr: str, chunks, mode: str = "good", **kw) -> FakePeer:
+        peer = FakePeer({h: self.data[h] for h in chunks}, mode, **kw)
+        self.peers[addr] = peer
+        for h in chunks:
+            self.redirect[h] = addr
+        return peer
+
+
+class Sink:
+    """Verifies like the real sink and counts what it accepted, per chunk and per source."""
+
+    def __init__(self):
+        self.delivered: Counter[bytes] = Counter()
+        self.sources: dict[bytes, list[str]] = {}
+        self.rejected: list[tuple[bytes, str]] = []
+
+    async def __call__(self, batch: list[tuple[bytes, bytes]], source: str) -> list[bytes]:
+        await _real_sleep(0)
+        bad = []
+        for h, data in batch:
+            if hash_chunk(data) == h:
+                self.delivered[h] += 1
+                self.sources.setdefault(h, []).append(source)
+            else:
+                bad.append(h)
+                self.rejected.append((h, source))
+        return bad
+
+
+@pytest.fixture
+def sleeps(monkeypatch) -> list[float]:
+    """Backoff sleeps are recorded, not slept (the real ones add up to seconds)."""
+    recorded: list[float] = []
+
+    async def fake_sleep(delay, result=None):
+        recorded.append(delay)
+        await _real_sleep(0)
+        return result
+
+    monkeypatch.setattr(fetch_mod.asyncio, "sleep", fake_sleep)
+    return recorded
+
+
+def fetcher_for(net: FakeNet, sink: Sink, seed: int = 1, lengths=None) -> Fetcher:
+    lengths = lengths if lengths is not None else {h: len(d) for h, d in net.data.items()}
+    return Fetcher(net, sink, lengths, rng=random.Random(seed))
+
+
+def assert_exactly_once(sink: Sink, wanted) -> None:
+    assert set(sink.delivered) == set(wanted)
+    assert all(n == 1 for n in sink.delivered.values()), sink.delivered.most_common(3)
+
+
+def assert_stats_add_up(stats, data: dict[bytes, bytes], sink: Sink) -> None:
+    assert stats.from_master + stats.from_peers == len(data)
+    assert stats.bytes_from_master + stats.bytes_from_peers == sum(map(len, data.values()))
+    assert sum(stats.by_source.values()) == sum(map(len, data.values()))
+    assert stats.bad_chunks == len(sink.rejected)
+    per_source: Counter[str] = Counter()
+    for h, (source,) in sink.sources.items():
+        per_source[source] += len(data[h])
+    assert dict(per_source) == stats.by_source
+    assert stats.from_master == sum(1 for s in sink.sources.values() if s == ["master"])
+    assert stats.bytes_from_master == per_source.get("master", 0)
+
+
+# -- the plain paths -----------------------------------------------------------------------------
+
+
+async def test_everything_from_the_master():
+    data = make_chunks(300)
+    net, sink = FakeNet(data), Sink()
+    stats = await fetcher_for(net, sink).fetch(list(data))
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_master == 300
+    assert stats.from_peers == 0
+    assert set(stats.by_source) == {"master"}
+    asked = [h for hashes, _ in net.master_calls for h in hashes]
+    assert sorted(asked) == sorted(data)  # each asked once
+    assert max(len(hashes) for hashes, _ in net.master_calls) <= fetch_mod.BATCH_CHUNKS
+    assert all(avoid == [] for _, avoid in net.master_calls)
+
+
+async def test_order_is_shuffled_and_duplicates_dropped():
+    data = make_chunks(100)
+    order = list(data)
+    net, sink = FakeNet(data), Sink()
+    await fetcher_for(net, sink, seed=7).fetch(order + order[:10])
+    assert_exactly_once(sink, data)
+    asked = [h for hashes, _ in net.master_calls for h in hashes]
+    assert len(asked) == 100
+    assert asked != order  # peers ask in random order so they take different shares first
+
+
+async def test_batches_respect_the_byte_budget():
+    data = make_chunks(20)
+    net, sink = FakeNet(data), Sink()
+    lengths = dict.fromkeys(data, 1024 * 1024)  # as if every chunk were 1 MiB
+    await fetcher_for(net, sink, lengths=lengths).fetch(list(data))
+    assert_exactly_once(sink, data)
+    sizes = [len(hashes) for hashes, _ in net.master_calls]
+    assert max(sizes) * 1024 * 1024 <= fetch_mod.BATCH_BYTES
+    assert sum(sizes) == 20
+
+
+async def test_nothing_to_fetch():
+    net, sink = FakeNet({}), Sink()
+    stats = await fetcher_for(net, sink).fetch([])
+    assert net.master_calls == []
+    assert stats.from_master == stats.from_peers == 0
+
+
+async def test_redirects_go_to_the_named_peers():
+    data = make_chunks(120)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    p1 = net.add_peer("p1:9000", hashes[:40])
+    p2 = net.add_peer("p2:9000", hashes[40:70])
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_peers == 70
+    assert stats.from_master == 50
+    assert sorted(h for call in p1.calls for h in call) == sorted(hashes[:40])
+    assert sorted(h for call in p2.calls for h in call) == sorted(hashes[40:70])
+    assert stats.by_source["p1:9000"] == sum(len(data[h]) for h in hashes[:40])
+
+
+async def test_peer_without_the_chunk_sends_it_back_to_the_master_with_avoid():
+    data = make_chunks(30)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    peer = net.add_peer("p:1", hashes[:10])
+    for h in hashes[:4]:
+        del peer.data[h]  # the master thinks p holds these, but p does not (yet)
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_peers == 6
+    assert {h for h, _ in net.asked_after_redirect} == set(hashes[:4])
+    assert all("p:1" in avoid for _, avoid in net.asked_after_redirect)
+    assert stats.bad_chunks == 0
+
+
+# -- failing peers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["dead", "broken"])
+async def test_unreachable_peer_its_chunks_come_from_the_master(mode):
+    data = make_chunks(60)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    bad = net.add_peer("gone:1", hashes[:25], mode=mode)
+    good = net.add_peer("ok:1", hashes[25:40])
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert bad.calls  # it was tried
+    assert stats.from_peers == 15
+    assert "gone:1" not in stats.by_source
+    reasks = [(h, avoid) for h, avoid in net.asked_after_redirect if h in set(hashes[:25])]
+    assert {h for h, _ in reasks} == set(hashes[:25])
+    assert all("gone:1" in avoid for _, avoid in reasks)
+    assert good.calls
+
+
+async def test_lying_peer_is_banned_after_three_bad_chunks(monkeypatch):
+    # One chunk per request and one request at a time, so the ban point is observable.
+    monkeypatch.setattr(fetch_mod, "BATCH_CHUNKS", 1)
+    monkeypatch.setattr(fetch_mod, "PEER_PARALLEL", 1)
+    data = make_chunks(20)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    liar = net.add_peer("liar:1", hashes[:10], mode="liar")
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.bad_chunks == BAD_CHUNKS_BEFORE_BAN
+    assert stats.from_peers == 0
+    assert stats.from_master == 20
+    assert all(source == "liar:1" for _, source in sink.rejected)
+    # Every chunk the liar was named for came from the master, asked with the liar avoided.
+    reasks = {h for h, avoid in net.asked_after_redirect if "liar:1" in avoid}
+    assert reasks == set(net.redirected)
+    assert len(liar.calls) == BAD_CHUNKS_BEFORE_BAN
+    # Three calls only: once banned, the master is told to avoid it for every chunk (else it
+    # would keep naming it for chunks not yet asked, and they would be queued for it).
+
+
+async def test_peer_with_fewer_bad_chunks_is_not_banned(monkeypatch):
+    monkeypatch.setattr(fetch_mod, "BATCH_CHUNKS", 1)
+    monkeypatch.setattr(fetch_mod, "PEER_PARALLEL", 1)
+    data = make_chunks(20)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    flaky = net.add_peer("flaky:1", hashes[:10], mode="liar", lie_first=BAD_CHUNKS_BEFORE_BAN - 1)
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.bad_chunks == BAD_CHUNKS_BEFORE_BAN - 1
+    assert len(flaky.calls) == 10
+    assert stats.from_peers == 10 - (BAD_CHUNKS_BEFORE_BAN - 1)
+
+
+async def test_liar_in_big_batches_all_its_chunks_refetched():
+    data = make_chunks(50)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    net.add_peer("liar:1", hashes[:20], mode="liar")
+    net.add_peer("ok:1", hashes[20:30])
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.bad_chunks >= BAD_CHUNKS_BEFORE_BAN
+    assert stats.from_peers == 10
+    assert all(sink.sources[h] == ["master"] for h in hashes[:20])
+    assert all("liar:1" in avoid for h, avoid in net.asked_after_redirect if h in hashes[:20])
+
+
+async def test_hostile_peer_duplicates_and_unasked_chunks_are_not_double_counted():
+    data = make_chunks(40)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    peer = net.add_peer("dup:1", hashes[:10])
+    peer.duplicate = True
+    # It also pushes chunks nobody asked it for (the master is sending those).
+    peer.extra = [(h, data[h]) for h in hashes[30:]]
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+
+
+# -- the master's answers ----------------------------------------------------------------------
+
+
+async def test_master_missing_means_manifest_outdated():
+    data = make_chunks(30)
+    net, sink = FakeNet(data), Sink()
+    net.missing.add(next(iter(data)))
+    with pytest.raises(ManifestOutdated):
+        await fetcher_for(net, sink).fetch(list(data))
+
+
+async def test_stale_answers_are_retried(sleeps):
+    data = make_chunks(10)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    net.stale[hashes[0]] = 3
+    net.stale[hashes[1]] = 1
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_master == 10
+    assert len(sleeps) == 3  # one backoff per stale answer, growing
+    assert sleeps == sorted(sleeps)
+    assert sleeps[0] > 0
+
+
+async def test_stale_forever_gives_up(sleeps):
+    data = make_chunks(5)
+    net, sink = FakeNet(data), Sink()
+    net.stale.update(dict.fromkeys(data, 10_000))
+    with pytest.raises(FetchFailed):
+        await fetcher_for(net, sink).fetch(list(data))
+    assert len(net.master_calls) == MAX_STALE_ROUNDS + 1
+    assert len(sleeps) == MAX_STALE_ROUNDS
+    assert max(sleeps) <= 1.0  # bounded backoff
+    assert sink.delivered == Counter()
+
+
+async def test_corrupt_bytes_from_the_master_are_asked_again(sleeps):
+    data = make_chunks(10)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    net.corrupt[hashes[2]] = 2
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.bad_chunks == 2
+    assert sink.rejected == [(hashes[2], "master")] * 2
+
+
+async def test_corrupt_master_forever_gives_up(sleeps):
+    data = make_chunks(3)
+    net, sink = FakeNet(data), Sink()
+    net.corrupt.update(dict.fromkeys(data, 10_000))
+    with pytest.raises(FetchFailed):
+        await fetcher_for(net, sink).fetch(list(data))
+
+
+# -- everything at once, many seeds -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_chaos_every_chunk_exactly_once(seed, sleeps):
+    rng = random.Random(seed)
+    data = make_chunks(rng.randint(20, 150), seed=seed)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    modes = ["good", "good", "liar", "dead", "broken", "empty"]
+    for i in range(rng.randint(0, 5)):
+        share = rng.sample(hashes, rng.randint(0, len(hashes) // 2))
+        peer = net.add_peer(f"peer{i}:1", share, mode=rng.choice(modes))
+        if rng.random() < 0.3:
+            peer.duplicate = True
+    # Few enough stale and corrupt answers to stay under the give-up limit.
+    for h in rng.sample(hashes, 3):
+        net.stale[h] = rng.randint(1, 2)
+    for h in rng.sample(hashes, 2):
+        net.corrupt[h] = 1
+    stats = await fetcher_for(net, sink, seed=seed).fetch(hashes + rng.sample(hashes, 5))
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    for peer_addr, peer in net.peers.items():
+        if peer.mode in ("dead", "broken", "empty", "liar") and peer.lie_first is None:
+            assert peer_addr not in stats.by_source
