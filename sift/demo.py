@@ -60,11 +60,10 @@ def make_sample_dataset(root: Path, *, size_mb: int = 32, runs: int = 3, seed: i
     text = json.dumps(meta, indent=2) + "\n"
     (root / "metadata.json").write_text(text)
     total += len(text)
-    block = rng.randbytes(1 << 20)
     with open(root / "detector-frames.h5", "wb") as f:
-        for i in range(size_mb):
-            # Different bytes per MB, so chunks are distinct like real data.
-            data = i.to_bytes(4, "big") + block[4:]
+        for _ in range(size_mb):
+            # Incompressible and without repeats, like real detector data: no chunk dedups.
+            data = rng.randbytes(1 << 20)
             f.write(data)
             total += len(data)
     return total

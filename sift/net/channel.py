@@ -159,7 +159,10 @@ class Channel:
                     future.set_result(msg)
             return
         if isinstance(msg, Ping):
-            await self.send(Pong(msg.token))
+            # No drain here: the reader must never wait on our own send buffer, or two sides
+            # that both stopped reading while writing would wait on each other forever.
+            if not self.closed:
+                self.writer.write(self.conn.send(Pong(msg.token)))
             return
         if isinstance(msg, Pong):
             return
