@@ -294,3 +294,21 @@ def test_remove_stale_parts(asm):
     assert asm.remove_stale_parts([keep.path]) == 3
     assert [p.name for p in asm.tmp_dir.iterdir()] == [keep.path.name]
     assert asm.remove_stale_parts([keep.path]) == 0
+
+
+def test_closing_a_part_twice_never_closes_a_reused_descriptor(tmp_path):
+    """Regression: commit closed each part and the sync's cleanup closed it again; the second
+    close hit whatever had reused the number, and every later sync failed with EBADF."""
+    data = b"x" * 1000
+    entry = FileEntry.build("f.bin", len(data), 0o644, 0, chunk_bytes(data))
+    asm = Assembler(tmp_path)
+    part = asm.open_part(entry)
+    number = part.fd
+    asm.close(part)
+    bystander = os.open(tmp_path / "bystander", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        assert bystander == number  # the kernel hands out the lowest free number
+        asm.close(part)
+        os.fstat(bystander)  # still open
+    finally:
+        os.close(bystander)

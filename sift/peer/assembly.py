@@ -115,8 +115,14 @@ class Assembler:
         part.missing.pop(offset, None)
 
     def close(self, part: PartFile) -> None:
+        """Close once: a second os.close of the same number could close whatever descriptor
+        the process has opened under that number since (a socket, the database, a cached
+        reader fd)."""
+        if part.fd < 0:
+            return
+        fd, part.fd = part.fd, -1
         with contextlib.suppress(OSError):
-            os.close(part.fd)
+            os.close(fd)
 
     # -- commit -----------------------------------------------------------------------------
 
