@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -232,3 +233,33 @@ def test_port_in_use_is_a_one_line_error(cluster):
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert PSK not in result.stderr
+
+
+def test_adopt_reuses_matching_data_and_mirrors_the_master(cluster):
+    make_tree(cluster.master_dir, big_mib=8)
+    cluster.start_master()
+    cluster.add_peer(start=False, adopt=True)
+    daemon, local, _ = cluster.peers[0]
+    # An old copy of the dataset plus a stray file the master does not have.
+    shutil.copytree(cluster.master_dir, local, symlinks=True)
+    (local / "stray.txt").write_text("not on the master\n")
+    daemon.start()
+    state = cluster.wait_converged()
+    assert "stray.txt" not in state
+    # Matching chunks were reused from the adopted files, not downloaded again.
+    assert cluster.status()["bytes_sent"] < 64 * 1024
+
+
+def test_master_serves_a_read_only_watched_dir(cluster):
+    make_tree(cluster.master_dir, big_mib=2)
+    for dirpath, _dirnames, filenames in os.walk(cluster.master_dir):
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o444)
+    os.chmod(cluster.master_dir, 0o555)
+    try:
+        cluster.start_master()
+        cluster.add_peer()
+        cluster.wait_converged()
+        assert not (cluster.master_dir / ".sift").exists()
+    finally:
+        os.chmod(cluster.master_dir, 0o755)
