@@ -59,30 +59,30 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def cmd_master_start(args: argparse.Namespace) -> int:
+def _run_daemon(load: Callable[[str], object], make: Callable[[object], object], path: str) -> int:
+    """Load the config and build the daemon (one-line error, exit 2, on a bad config or state),
+    then run it until SIGINT/SIGTERM. Binding happens first in `run`, so an OSError before the
+    daemon is listening is a bad bind address (port in use, address not local)."""
     try:
-        config = load_master_config(args.config)
-        daemon = MasterDaemon(config)
-    except (ConfigError, StateError) as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    try:
-        run_until_signalled(daemon.run)
-    except OSError as exc:
-        return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
-    return EXIT_OK
-
-
-def cmd_peer_start(args: argparse.Namespace) -> int:
-    try:
-        config = load_peer_config(args.config)
-        daemon = PeerDaemon(config)
+        config = load(path)
+        daemon = make(config)
     except (ConfigError, StateError, NotOurDirectory) as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
         run_until_signalled(daemon.run)
     except OSError as exc:
-        return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
+        if daemon.server is None:
+            return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
+        return _fail(f"stopped by an error: {exc}")
     return EXIT_OK
+
+
+def cmd_master_start(args: argparse.Namespace) -> int:
+    return _run_daemon(load_master_config, MasterDaemon, args.config)
+
+
+def cmd_peer_start(args: argparse.Namespace) -> int:
+    return _run_daemon(load_peer_config, PeerDaemon, args.config)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

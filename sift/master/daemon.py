@@ -31,6 +31,7 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
 from sift.net.channel import Channel, accept
+from sift.net.tasks import run_until_stopped
 from sift.protocol import ProtocolError
 from sift.protocol.messages import (
     ChunkRequest,
@@ -105,18 +106,9 @@ class MasterDaemon:
             self.current.version,
         )
         await self.scan_and_publish()
-        tasks = [
-            asyncio.ensure_future(self._scan_loop()),
-            asyncio.ensure_future(self._watch()),
-            asyncio.ensure_future(self._periodic_rescan()),
-        ]
-        try:
-            await stop.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.shutdown()
+        await run_until_stopped(
+            stop, [self._scan_loop(), self._watch(), self._periodic_rescan()], self.shutdown
+        )
 
     async def shutdown(self) -> None:
         if self.server is not None:

@@ -24,6 +24,7 @@ from sift.core.manifest import (
 )
 from sift.core.paths import RESERVED_DIR
 from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
+from sift.net.tasks import run_until_stopped
 from sift.peer.fetch import FetchFailed, ManifestOutdated
 from sift.peer.sync import LocalChunks, Syncer
 from sift.protocol import AuthenticationError, ProtocolError
@@ -116,18 +117,11 @@ class PeerDaemon:
             self.bound_port,
             self.synced_version,
         )
-        tasks = [
-            asyncio.ensure_future(self._master_link(stop)),
-            asyncio.ensure_future(self._sync_loop()),
-            asyncio.ensure_future(self._report_progress()),
-        ]
-        try:
-            await stop.wait()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self.shutdown()
+        await run_until_stopped(
+            stop,
+            [self._master_link(stop), self._sync_loop(), self._report_progress()],
+            self.shutdown,
+        )
 
     async def shutdown(self) -> None:
         if self.server is not None:
