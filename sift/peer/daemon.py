@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -190,7 +191,7 @@ class PeerDaemon:
                 self._sync_needed.set()
             return None
         if isinstance(msg, StatusRequest):
-            return StatusResponse(msg.req_id, __import__("json").dumps(self.status()))
+            return StatusResponse(msg.req_id, json.dumps(self.status()))
         return Error(
             getattr(msg, "req_id", None),
             "unexpected",
@@ -365,7 +366,7 @@ class PeerDaemon:
         if isinstance(msg, ChunkRequest):
             return await self._serve_chunks(msg)
         if isinstance(msg, StatusRequest):
-            return StatusResponse(msg.req_id, __import__("json").dumps(self.status()))
+            return StatusResponse(msg.req_id, json.dumps(self.status()))
         if isinstance(msg, ManifestPush):
             return None
         return Error(

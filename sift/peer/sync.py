@@ -95,6 +95,7 @@ class Syncer:
         self.source = source
         self.assembler = Assembler(self.local_dir)
         self.on_progress = on_progress or (lambda added: None)
+        self._written: set[bytes] = set()  # chunks stored in part files by the running sync
 
     async def scan_local(self, target: Manifest) -> dict:
         scanner = Scanner(self.local_dir, self.cache, target.params)
@@ -139,7 +140,7 @@ class Syncer:
         return parts
 
     def _destinations(self, parts: list[PartFile]) -> dict[bytes, list[tuple[PartFile, int]]]:
-        self._written: set[bytes] = set()
+        self._written.clear()
         dests: dict[bytes, list[tuple[PartFile, int]]] = {}
         for part in parts:
             rel = str(part.path.relative_to(self.local_dir))
