@@ -7,6 +7,9 @@ operator gets. Ctrl-C stops them all cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import json
 import random
 import secrets
@@ -22,6 +25,15 @@ from pathlib import Path
 from sift.status import fetch_status, human_size
 
 STARTUP_TIMEOUT = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when the demo dies, so even a killed
+    demo leaves no daemon behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -105,7 +117,10 @@ def run_demo(peers: int = 2, base_dir: str | None = None, size_mb: int = 32) -> 
         log_file = open(base / f"{name}.log", "ab")  # noqa: SIM115 (closed at shutdown)
         logs.append(log_file)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sift", *args], stdout=log_file, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "sift", *args],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 (spawned before any thread starts)
         )
         procs.append((name, proc))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -44,9 +46,10 @@ def test_demo_converges_and_stops_cleanly(tmp_path):
         rest, _ = proc.communicate(timeout=30)
         output += rest
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        # Whatever happened, leave no daemon behind: the demo's children share its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert proc.returncode == 0, output.decode(errors="replace")
     text = output.decode()
     assert "master  127.0.0.1:" in text
