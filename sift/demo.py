@@ -24,7 +24,6 @@ from pathlib import Path
 
 from sift.status import fetch_status, human_size
 
-STARTUP_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
 
 

@@ -12,9 +12,8 @@ import json
 import logging
 import os
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import watchfiles
 
@@ -64,7 +63,6 @@ class PeerSession:
     role: str
     addr: str  # where other peers reach it ("" for status clients)
     version: int = 0
-    connected_at: float = field(default_factory=time.time)
     bytes_sent: int = 0  # chunk bytes the master sent to it
 
 
@@ -199,9 +197,6 @@ class MasterDaemon:
         while True:
             await asyncio.sleep(interval)
             self._rescan.set()
-
-    def request_rescan(self) -> None:
-        self._rescan.set()
 
     # -- connections ------------------------------------------------------------------------
 

@@ -222,9 +222,6 @@ class Channel:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
-
     def describe(self) -> str:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
 

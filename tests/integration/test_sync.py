@@ -35,6 +35,17 @@ def make_tree(root, big_mib: int = 64) -> None:
             f.write(rng.randbytes(MiB))
 
 
+def run_sift(*args: str) -> subprocess.CompletedProcess:
+    """The real command line, as an operator would type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "sift", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
 def age_tree(root, seconds: int = 3600) -> None:
     """Backdate every file: files modified within the last seconds are rehashed on each scan
     (their mtime could still tick without a visible change), so a restart test needs old ones."""
@@ -133,22 +144,7 @@ def test_wrong_key_is_refused_and_nothing_is_written(cluster):
     wait_for(lambda: "refused" in intruder.log_text(), 30, "the refusal in the peer log")
     assert "wrong pre-shared key" in cluster.master.log_text()
     assert tree_state(local) == {}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sift",
-            "status",
-            "--master",
-            f"127.0.0.1:{cluster.master_port}",
-            "--psk",
-            "nope",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_sift("status", "--master", f"127.0.0.1:{cluster.master_port}", "--psk", "nope")
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1
     assert "refused the key" in result.stderr
@@ -191,13 +187,7 @@ def test_late_peer_gets_most_data_from_other_peers(cluster):
 def test_bad_peer_config_gives_one_line_and_exit_2(tmp_path, contents, fragment):
     cfg = tmp_path / "peer.toml"
     cfg.write_text(contents)
-    result = subprocess.run(
-        [sys.executable, "-m", "sift", "peer", "start", "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_sift("peer", "start", "--config", str(cfg))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1, result.stderr
     assert fragment in result.stderr
@@ -209,13 +199,7 @@ def test_non_empty_local_dir_is_refused_without_adopt(cluster):
     daemon, local, _ = cluster.peers[0]
     local.mkdir(parents=True)
     (local / "precious.txt").write_text("not sift's")
-    result = subprocess.run(
-        [sys.executable, "-m", "sift", "peer", "start", "--config", str(daemon.config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_sift("peer", "start", "--config", str(daemon.config))
     assert result.returncode == 2
     assert "adopt = true" in result.stderr
     assert (local / "precious.txt").read_text() == "not sift's"
@@ -223,13 +207,7 @@ def test_non_empty_local_dir_is_refused_without_adopt(cluster):
 
 def test_port_in_use_is_a_one_line_error(cluster):
     cluster.start_master()
-    result = subprocess.run(
-        [sys.executable, "-m", "sift", "master", "start", "--config", str(cluster.master.config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    result = run_sift("master", "start", "--config", str(cluster.master.config))
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert PSK not in result.stderr
