@@ -98,8 +98,8 @@ def coerce(key: ConfigKey, value: Any) -> Any:
     try:
         if key.type == "integer":
             return int(text)
-        if key.type == "float":
-            return float(text)
+        if key.type == "float":  # "60" stays an integer in the file; TOML numbers accept both
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:
         raise ControlError("invalid", f"{key.name}: expected {key.type}, got {value!r}") from None
     if key.type == "boolean":

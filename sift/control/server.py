@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sift.control.sockpath import reachable_path
 from sift.control.wire import (
     MAX_LINE,
     ControlError,
@@ -64,9 +65,10 @@ class ControlServer:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         old_umask = os.umask(0o177)  # the socket file is born 0600: no window where others connect
         try:
-            self.server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=MAX_LINE
-            )
+            with reachable_path(self.path) as where:
+                self.server = await asyncio.start_unix_server(
+                    self._on_connect, path=where, limit=MAX_LINE
+                )
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
@@ -80,9 +82,8 @@ class ControlServer:
         if not stat.S_ISSOCK(st.st_mode):
             raise SocketInUse(f"control socket {self.path} exists and is not a socket")
         try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path)), 2.0
-            )
+            with reachable_path(self.path) as where:
+                _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where), 2.0)
         except (OSError, TimeoutError):
             os.unlink(self.path)  # left behind by a daemon that died
             return
@@ -144,7 +145,8 @@ class _Session:
                     line = await self.reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
                     await self.send(error_reply(None, "bad_request", "request line too long"))
-                    return
+                    await self.skip_line()
+                    continue
                 except asyncio.IncompleteReadError:
                     return
                 if line.strip():
@@ -156,6 +158,15 @@ class _Session:
                 self.forwarder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self.forwarder
+
+    async def skip_line(self) -> None:
+        """Drop the rest of an overlong line, so the next request is read cleanly."""
+        while True:
+            try:
+                await self.reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self.reader.readexactly(exc.consumed)
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         req_id = None

@@ -181,6 +181,14 @@ class Cluster:
             daemon.start()
         return daemon
 
+    @property
+    def master_socket(self) -> Path:
+        """The master's control socket (the default: <state_dir>/control.sock)."""
+        return self.base / "master" / "state" / "control.sock"
+
+    def peer_socket(self, index: int) -> Path:
+        return self.peers[index][1] / ".sift" / "state" / "control.sock"
+
     def try_status(self, port: int | None = None) -> dict | None:
         try:
             return asyncio.run(
