@@ -140,7 +140,9 @@ def _status_from_socket(path: str, as_json: bool) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(peers=args.peers, base_dir=args.dir, size_mb=args.size_mb)
+    return run_demo(
+        peers=args.peers, base_dir=args.dir, size_mb=args.size_mb, headless=args.headless
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None, help="where to put the demo (default: a temp dir)")
     demo.add_argument(
         "--size-mb", type=int, default=32, help="size of the sample binary file in MB (default 32)"
+    )
+    demo.add_argument(
+        "--headless",
+        action="store_true",
+        help="print a one-line status instead of opening the sift-tui console",
     )
     demo.set_defaults(func=cmd_demo)
     return parser
