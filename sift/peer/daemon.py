@@ -31,7 +31,7 @@ from sift.metrics import RateTable
 from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
 from sift.net.tasks import run_until_stopped
 from sift.peer.fetch import FetchFailed, ManifestOutdated
-from sift.peer.sync import LocalChunks, Syncer
+from sift.peer.sync import LocalChunks, Syncer, SyncProgress
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.protocol.messages import (
     ChunkRequest,
@@ -91,7 +91,14 @@ class PeerDaemon:
         self.node_id = node_id
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
-        self.syncer = Syncer(self.local_dir, self.cache, self.chunks, self, self._progress)
+        self.syncer = Syncer(
+            self.local_dir,
+            self.cache,
+            self.chunks,
+            self,
+            self._progress,
+            on_start=self._sync_started,
+        )
         self.master: Channel | None = None
         self.master_version = 0
         self._master_ready = asyncio.Event()
@@ -284,12 +291,6 @@ class PeerDaemon:
             return  # the master has not finished its first scan: nothing to mirror yet
         self.syncing = True
         self._sources = {}
-        self.bus.publish(
-            "sync.started",
-            version=target.version,
-            files=target.file_count,
-            bytes=target.total_bytes,
-        )
         try:
             report = await self.syncer.run(target)
         finally:
@@ -324,6 +325,11 @@ class PeerDaemon:
         self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()
         await self._send_holdings(full=True)
+
+    def _sync_started(self, progress: SyncProgress) -> None:
+        data = progress.to_dict()
+        del data["current"]
+        self.bus.publish("sync.started", **data)
 
     def _progress(self, added: list[bytes]) -> None:
         self._new_holdings.extend(added)
