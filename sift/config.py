@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import grp
 import os
 import stat
 import sys
@@ -146,6 +147,7 @@ class MasterConfig:
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
+    control_group: str | None = None
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -169,6 +171,7 @@ class PeerConfig:
     adopt: bool = False
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
+    control_group: str | None = None
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -203,6 +206,10 @@ _PSK_FILE_DESC = (
     "or others. Exactly one of `psk` and `psk_file` is required."
 )
 _FRAME_DESC = "Largest protocol frame accepted or sent, in bytes."
+_GROUP_DESC = (
+    "Group whose members may also use the control socket: the socket becomes mode 0660 with "
+    "this group. Unset: only the daemon's user and root."
+)
 _LOG_DESC = (
     "Log verbosity on stderr: `debug`, `info`, `warning` or `error`. `sift --log-level` "
     "overrides it; a change through the control socket applies at once."
@@ -234,6 +241,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "Unix socket (mode 0600) for `sift status --control` and `sift-tui`.",
         '"/run/sift/lab.sock"',
     ),
+    ConfigKey("master", "control_group", "string", False, "", _GROUP_DESC, '"sift-operators"'),
     ConfigKey(
         "master", "chunk_min_size", "integer", False, "16384",
         "FastCDC minimum chunk size in bytes.", "16384",
@@ -296,6 +304,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "Unix socket (mode 0600) for `sift status --control` and `sift-tui`.",
         '"/run/sift/edge1.sock"',
     ),
+    ConfigKey("peer", "control_group", "string", False, "", _GROUP_DESC, '"sift-operators"'),
     ConfigKey(
         "peer", "adopt", "boolean", False, "false",
         "Allow starting in a non-empty `local_dir` that sift has not synced before. Existing "
@@ -389,6 +398,7 @@ def master_config_from_dict(
         debounce_ms=debounce_ms,
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+        control_group=r.group("control_group"),
         config_path=config_path,
     )
 
@@ -425,6 +435,7 @@ def peer_config_from_dict(
         adopt=adopt,
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+        control_group=r.group("control_group"),
         config_path=config_path,
     )
 
@@ -567,6 +578,15 @@ class _Reader:
         if not value >= 0 or value == float("inf"):  # also rejects nan
             raise self.error(key, f"{key}: must be a finite number >= 0, got {value:g}")
         return value
+
+    def group(self, key: str) -> str | None:
+        name = self.string(key)
+        if name is not None:
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                raise self.error(key, f"{key}: no such group {name!r}") from None
+        return name
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.string(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import tomllib
@@ -541,6 +542,7 @@ def test_master_example_documents_every_key_and_loads(tmp_path: Path) -> None:
     # And with every optional key enabled.
     _, full = _example_with_optional_keys("master.toml")
     full.update(watched_dir=str(tmp_path / "science"), state_dir=str(tmp_path / "state"))
+    full.update(control_group=grp.getgrgid(os.getgid()).gr_name)  # one that exists here
     cfg = master_config_from_dict(full, tmp_path)
     assert cfg.params == DEFAULT_PARAMS
     assert cfg.rescan_interval == 300
@@ -563,6 +565,7 @@ def test_peer_example_documents_every_key_and_loads(tmp_path: Path) -> None:
     assert cfg.bind_addr == Address("0.0.0.0", 7778)
     _, full = _example_with_optional_keys("peer.toml")
     full.update(local_dir=str(tmp_path / "local"), state_dir=str(tmp_path / "state"))
+    full.update(control_group=grp.getgrgid(os.getgid()).gr_name)  # one that exists here
     cfg = peer_config_from_dict(full, tmp_path)
     assert cfg.adopt is True
     assert cfg.advertise_addr == Address("10.0.0.2", 7778)
@@ -576,3 +579,14 @@ def test_example_values_match_the_key_table() -> None:
             if key.name in ("watched_dir", "local_dir", "master_addr", "psk", "bind_addr"):
                 continue  # the quick-start values, checked above
             assert f"# {key.name} = {key.example}\n" in text, (name, key.name)
+
+
+def test_control_group_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    base = {"watched_dir": "data", "psk": "k", "state_dir": str(tmp_path / "state")}
+    with pytest.raises(ConfigError, match="control_group: no such group 'no-such-group-x'"):
+        master_config_from_dict({**base, "control_group": "no-such-group-x"}, tmp_path)
+    group = grp.getgrgid(os.getgid()).gr_name
+    assert (
+        master_config_from_dict({**base, "control_group": group}, tmp_path).control_group == group
+    )

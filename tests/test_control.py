@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
 import pwd
@@ -187,14 +188,22 @@ async def test_a_second_server_on_a_live_socket_is_refused_and_a_stale_one_repla
 
 
 NOBODY_CLIENT = """
-import json, os, socket, sys
+import os, socket, sys
+os.setgroups([int(g) for g in sys.argv[4:]])
 os.setgid(int(sys.argv[3])); os.setuid(int(sys.argv[2]))
 s = socket.socket(socket.AF_UNIX)
 try:
     s.connect(sys.argv[1])
 except PermissionError:
     print("EACCES"); sys.exit(0)
-# The refusal comes first, before any request.
+f = s.makefile("rb")
+s.settimeout(1.0)
+try:  # a refusal comes at once, before any request
+    print(f.readline().decode().strip()); sys.exit(0)
+except TimeoutError:
+    pass
+s.settimeout(10.0)
+s.sendall(b'{"id": 1, "method": "status"}\\n')
 print(s.makefile().readline().strip())
 """
 
@@ -253,3 +262,42 @@ async def test_a_socket_path_longer_than_the_kernel_limit_works(tmp_path):
     finally:
         await server.close()
     assert not path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+async def test_members_of_control_group_are_let_in():
+    nobody = pwd.getpwnam("nobody")
+    group = grp.getgrnam("users")  # exists on Debian; nobody is not a member
+    assert "nobody" not in group.gr_mem
+    base = Path(tempfile.mkdtemp(prefix="sift-ctl-"))
+    os.chmod(base, 0o755)
+
+    async def status(_params):
+        return {"role": "test"}
+
+    server = ControlServer(base / "run" / "c.sock", EventBus(), {"status": status}, group="users")
+    await server.start()
+
+    def as_nobody(*groups: int) -> str:
+        result = subprocess.run(
+            [sys.executable, "-c", NOBODY_CLIENT, str(server.path), str(nobody.pw_uid),
+             str(nobody.pw_gid), *map(str, groups)],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        return result.stdout.strip() or result.stderr
+
+    try:
+        st = os.stat(server.path)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        assert st.st_gid == group.gr_gid
+        dir_st = os.stat(server.path.parent)
+        assert stat.S_IMODE(dir_st.st_mode) == 0o750
+        assert dir_st.st_gid == group.gr_gid
+        # Not in the group: the directory mode already keeps them out.
+        assert await asyncio.to_thread(as_nobody) == "EACCES"
+        # In the group (as a supplementary group, the way a service manager grants it).
+        reply = json.loads(await asyncio.to_thread(as_nobody, group.gr_gid))
+        assert reply == {"id": 1, "result": {"role": "test"}}
+    finally:
+        await server.close()
+        shutil.rmtree(base)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -41,28 +43,57 @@ class SocketInUse(OSError):
     """Another live process already answers on the control socket path."""
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The user id of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (OSError, AttributeError):
         return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+def process_groups(pid: int, uid: int, gid: int) -> set[int]:
+    """Every group id the client process has: from /proc when it can be read (this includes
+    groups granted by the service manager), else from the user database."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {gid, *(int(g) for g in line.split()[1:])}
+    except (OSError, ValueError):
+        pass
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return {gid}
+    return {gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)}
 
 
 class ControlServer:
-    def __init__(self, path: Path, bus: EventBus, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        bus: EventBus,
+        handlers: dict[str, Handler],
+        group: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.bus = bus
         self.handlers = handlers
         self.allowed_uids = {0, os.getuid()}
+        # Members of this group may connect too (socket mode 0660 instead of 0600).
+        self.group_id = grp.getgrnam(group).gr_gid if group else None
         self.server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self._clear_stale_socket()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+            if self.group_id is not None:  # the group must be able to reach the socket
+                os.chown(self.path.parent, -1, self.group_id)
+                os.chmod(self.path.parent, 0o750)
         old_umask = os.umask(0o177)  # the socket file is born 0600: no window where others connect
         try:
             with reachable_path(self.path) as where:
@@ -71,7 +102,11 @@ class ControlServer:
                 )
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        if self.group_id is not None:
+            os.chown(self.path, -1, self.group_id)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
         log.info("control socket at %s", self.path)
 
     async def _clear_stale_socket(self) -> None:
@@ -90,6 +125,14 @@ class ControlServer:
         writer.close()
         raise SocketInUse(f"control socket {self.path} is in use by another running daemon")
 
+    def allowed(self, creds: tuple[int, int, int] | None) -> bool:
+        if creds is None:
+            return False
+        pid, uid, gid = creds
+        if uid in self.allowed_uids:
+            return True
+        return self.group_id is not None and self.group_id in process_groups(pid, uid, gid)
+
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
@@ -102,9 +145,10 @@ class ControlServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
         sock = writer.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
+        creds = peer_credentials(sock) if sock is not None else None
         try:
-            if uid not in self.allowed_uids:
+            if not self.allowed(creds):
+                uid = creds[1] if creds else "?"
                 log.warning("control socket: refused a client running as uid %s", uid)
                 await self._send(writer, error_reply(None, "forbidden", "not allowed: wrong user"))
                 return

@@ -56,6 +56,7 @@ class ControlService:
                 "config.set": self._handle_config_set,
                 **(handlers or {}),
             },
+            group=config.control_group,
         )
         self._log_handler: BusLogHandler | None = None
 
