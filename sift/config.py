@@ -328,16 +328,35 @@ def render_key_table(role: Role) -> str:
 # Loading
 
 
-def load_master_config(path: str | os.PathLike[str]) -> MasterConfig:
-    """Read and validate a master config file."""
+def load_master_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> MasterConfig:
+    """Read and validate a master config file. ``psk_file`` (``--psk-file``) replaces the
+    file's ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
+    data = _with_psk_file(data, psk_file)
     return master_config_from_dict(data, config_path.parent, config_path=config_path)
 
 
-def load_peer_config(path: str | os.PathLike[str]) -> PeerConfig:
-    """Read and validate a peer config file."""
+def load_peer_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> PeerConfig:
+    """Read and validate a peer config file. ``psk_file`` (``--psk-file``) replaces the file's
+    ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
+    data = _with_psk_file(data, psk_file)
     return peer_config_from_dict(data, config_path.parent, config_path=config_path)
+
+
+def _with_psk_file(data: dict[str, Any], psk_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The key file named on the command line wins over the config's key: a service manager
+    hands the daemon its key at start (systemd's ``--psk-file %d/psk``) while the config file
+    itself stays free of secrets and world-readable."""
+    if psk_file is None:
+        return data
+    rest = {k: v for k, v in data.items() if k not in ("psk", "psk_file")}
+    # Absolute: a relative --psk-file means the current directory, not the config's.
+    return {**rest, "psk_file": os.path.abspath(os.fspath(psk_file))}
 
 
 def master_config_from_dict(
