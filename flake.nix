@@ -1,7 +1,7 @@
 {
   description = "sift: keep many machines byte-identical to one authoritative directory";
 
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
   outputs = { self, nixpkgs }:
     let
