@@ -11,6 +11,7 @@
       app = pkgs: program: {
         type = "app";
         program = "${siftFor pkgs}/bin/${program}";
+        meta.description = "sift's ${program} command";
       };
     in
     {

@@ -1,5 +1,5 @@
 # NixOS module: services.sift.masters.<name> and services.sift.peers.<name>, one systemd unit each
-# (sift-master-<name>, sift-peer-<name>). Every option is documented in docs/operations.md.
+# (sift-master-<name>, sift-peer-<name>). Options: docs/install.md; the units: docs/operations.md.
 { config, lib, pkgs, ... }:
 
 let
@@ -190,7 +190,7 @@ let
   enabled = instances: lib.filterAttrs (_: instance: instance.enable) instances;
   masters = enabled cfg.masters;
   peers = enabled cfg.peers;
-  all = lib.attrValues masters ++ lib.attrValues peers;
+  instances = lib.attrValues masters ++ lib.attrValues peers;
 in
 {
   options.services.sift = {
@@ -214,14 +214,14 @@ in
     };
   };
 
-  config = lib.mkIf (all != [ ]) {
+  config = lib.mkIf (instances != [ ]) {
     assertions = map
       (instance: {
         assertion = lib.intersectLists reservedKeys (lib.attrNames instance.settings) == [ ];
         message = "services.sift: settings must not set ${lib.concatStringsSep ", " reservedKeys}"
           + " (use pskFile and controlGroup; the module sets state_dir and control_socket)";
       })
-      all;
+      instances;
 
     systemd.services =
       lib.mapAttrs' (service "master") masters // lib.mapAttrs' (service "peer") peers;
@@ -230,14 +230,14 @@ in
     systemd.tmpfiles.rules =
       lib.mapAttrsToList (_: p: "d ${p.local_dir} 0755 ${p.user} ${p.group} - -") peers;
 
-    networking.firewall.allowedTCPPorts = map port (lib.filter (i: i.openFirewall) all);
+    networking.firewall.allowedTCPPorts = map port (lib.filter (i: i.openFirewall) instances);
 
-    users.users.sift = lib.mkIf (lib.any (i: i.user == "sift") all) {
+    users.users.sift = lib.mkIf (lib.any (i: i.user == "sift") instances) {
       isSystemUser = true;
       group = "sift";
       description = "sift daemons";
     };
-    users.groups.sift = lib.mkIf (lib.any (i: i.group == "sift") all) { };
+    users.groups.sift = lib.mkIf (lib.any (i: i.group == "sift") instances) { };
 
     # `sift status` and `sift-tui` for operators.
     environment.systemPackages = [ cfg.package ];

@@ -199,3 +199,23 @@ def test_a_key_in_settings_fails_the_assertion():
 def test_disabled_instances_produce_nothing():
     config = evaluate_module({"lab": {**MASTER, "enable": False}}, {})
     assert config == {}
+
+
+def test_flake_outputs_are_wired_for_each_system():
+    result = nix_instantiate("--eval", "--strict", "--json", "tests/nix/eval-flake.nix")
+    assert result.returncode == 0, result.stderr
+    flake = json.loads(result.stdout)
+    assert flake["nixpkgsUrl"].startswith("github:NixOS/nixpkgs/")
+    assert flake["nixosModule"] == "module.nix"
+    for system in ("x86_64-linux", "aarch64-linux"):
+        package = flake["packages"][system]["default"]
+        assert package["builtFrom"] == "package.nix"
+        apps = flake["apps"][system]
+        assert apps["sift"]["program"] == f"{package['outPath']}/bin/sift"
+        assert apps["sift-tui"]["program"] == f"{package['outPath']}/bin/sift-tui"
+        assert apps["default"] == apps["sift"]
+        assert "python-env" in flake["devShells"][system]["default"]["packages"]
+        assert flake["checks"][system] == {
+            "package": package["outPath"],
+            "vm": {"vmTest": "test.nix"},
+        }
