@@ -211,11 +211,11 @@ def test_flake_outputs_are_wired_for_each_system():
         package = flake["packages"][system]["default"]
         assert package["builtFrom"] == "package.nix"
         apps = flake["apps"][system]
-        assert apps["sift"]["program"] == f"{package['outPath']}/bin/sift"
-        assert apps["sift-tui"]["program"] == f"{package['outPath']}/bin/sift-tui"
+        assert apps["sift"]["program"] == f"{package['path']}/bin/sift"
+        assert apps["sift-tui"]["program"] == f"{package['path']}/bin/sift-tui"
         assert apps["default"] == apps["sift"]
         assert "python-env" in flake["devShells"][system]["default"]["packages"]
         assert flake["checks"][system] == {
-            "package": package["outPath"],
+            "package": package["path"],
             "vm": {"vmTest": "test.nix"},
         }

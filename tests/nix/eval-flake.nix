@@ -30,7 +30,8 @@ in
 {
   inherit (flake) description;
   nixpkgsUrl = flake.inputs.nixpkgs.url;
-  packages = b.mapAttrs (_: p: { default = { inherit (p.default) outPath builtFrom; }; }) outputs.packages;
+  # (renamed: an attribute set with outPath is rendered as that path)
+  packages = b.mapAttrs (_: p: { default = { path = p.default.outPath; inherit (p.default) builtFrom; }; }) outputs.packages;
   inherit (outputs) apps devShells;
   checks = b.mapAttrs (_: c: { package = c.package.outPath; inherit (c) vm; }) outputs.checks;
   nixosModule = b.baseNameOf outputs.nixosModules.default;
