@@ -30,8 +30,10 @@ in
 {
   inherit (flake) description;
   nixpkgsUrl = flake.inputs.nixpkgs.url;
-  # (renamed: an attribute set with outPath is rendered as that path)
-  packages = b.mapAttrs (_: p: { default = { path = p.default.outPath; inherit (p.default) builtFrom; }; }) outputs.packages;
+  # `path`, not `outPath`: JSON renders an attribute set with outPath as just that string.
+  packages = b.mapAttrs
+    (_: p: { default = { path = p.default.outPath; inherit (p.default) builtFrom; }; })
+    outputs.packages;
   inherit (outputs) apps devShells;
   checks = b.mapAttrs (_: c: { package = c.package.outPath; inherit (c) vm; }) outputs.checks;
   nixosModule = b.baseNameOf outputs.nixosModules.default;
