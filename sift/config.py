@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from sift.core.chunk import DEFAULT_PARAMS, ChunkParams
+from sift.core.private_file import readable_by_others
 
 __all__ = [
     "CONFIG_KEYS",
@@ -616,8 +617,9 @@ class _Reader:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise self.error("psk_file", f"psk_file '{path}' is not a regular file")
-            # A key others can read is a key others have: refuse rather than warn.
-            if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            # A key others can read is a key others have: refuse rather than warn. ACL-aware, so
+            # a systemd credential (0400 plus a read entry for this user) passes.
+            if readable_by_others(fd, st):
                 raise self.error(
                     "psk_file", f"psk_file '{path}' is readable by other users (chmod 600 it)"
                 )
