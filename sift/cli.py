@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -89,11 +90,13 @@ def _run_daemon(
 
 
 def cmd_master_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_master_config, MasterDaemon, args.config, args.log_level)
+    load = functools.partial(load_master_config, psk_file=args.psk_file)
+    return _run_daemon(load, MasterDaemon, args.config, args.log_level)
 
 
 def cmd_peer_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_peer_config, PeerDaemon, args.config, args.log_level)
+    load = functools.partial(load_peer_config, psk_file=args.psk_file)
+    return _run_daemon(load, PeerDaemon, args.config, args.log_level)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -145,6 +148,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _add_psk_file_flag(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--psk-file",
+        metavar="FILE",
+        help="read the pre-shared key from FILE instead of the config's psk/psk_file "
+        "(for service managers, e.g. systemd's %%d/psk credential)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sift",
@@ -163,12 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     master_sub = master.add_subparsers(dest="action", required=True)
     start = master_sub.add_parser("start", help="watch watched_dir and serve peers (foreground)")
     start.add_argument("--config", required=True, help="path to master.toml")
+    _add_psk_file_flag(start)
     start.set_defaults(func=cmd_master_start)
 
     peer = sub.add_parser("peer", help="run a peer daemon")
     peer_sub = peer.add_subparsers(dest="action", required=True)
     start = peer_sub.add_parser("start", help="mirror the master into local_dir (foreground)")
     start.add_argument("--config", required=True, help="path to peer.toml")
+    _add_psk_file_flag(start)
     start.set_defaults(func=cmd_peer_start)
 
     status = sub.add_parser(

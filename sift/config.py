@@ -16,11 +16,12 @@ import stat
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from sift.core.chunk import DEFAULT_PARAMS, ChunkParams
+from sift.core.private_file import readable_by_others
 
 __all__ = [
     "CONFIG_KEYS",
@@ -149,6 +150,7 @@ class MasterConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     control_group: str | None = None
     config_path: Path | None = None
+    psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
     def __repr__(self) -> str:  # never print the key into a log
         return (
@@ -173,6 +175,7 @@ class PeerConfig:
     log_level: str = DEFAULT_LOG_LEVEL
     control_group: str | None = None
     config_path: Path | None = None
+    psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
     def __repr__(self) -> str:  # never print the key into a log
         return (
@@ -347,16 +350,37 @@ def render_key_table(role: Role) -> str:
 # Loading
 
 
-def load_master_config(path: str | os.PathLike[str]) -> MasterConfig:
-    """Read and validate a master config file."""
+def load_master_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> MasterConfig:
+    """Read and validate a master config file. ``psk_file`` (``--psk-file``) replaces the
+    file's ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
-    return master_config_from_dict(data, config_path.parent, config_path=config_path)
+    data = with_psk_file(data, psk_file)
+    config = master_config_from_dict(data, config_path.parent, config_path=config_path)
+    return replace(config, psk_file_override=data.get("psk_file") if psk_file else None)
 
 
-def load_peer_config(path: str | os.PathLike[str]) -> PeerConfig:
-    """Read and validate a peer config file."""
+def load_peer_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> PeerConfig:
+    """Read and validate a peer config file. ``psk_file`` (``--psk-file``) replaces the file's
+    ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
-    return peer_config_from_dict(data, config_path.parent, config_path=config_path)
+    data = with_psk_file(data, psk_file)
+    config = peer_config_from_dict(data, config_path.parent, config_path=config_path)
+    return replace(config, psk_file_override=data.get("psk_file") if psk_file else None)
+
+
+def with_psk_file(data: dict[str, Any], psk_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The key file named on the command line wins over the config's key: a service manager
+    hands the daemon its key at start (systemd's ``--psk-file %d/psk``) while the config file
+    itself stays free of secrets and world-readable."""
+    if psk_file is None:
+        return data
+    rest = {k: v for k, v in data.items() if k not in ("psk", "psk_file")}
+    # Absolute: a relative --psk-file means the current directory, not the config's.
+    return {**rest, "psk_file": os.path.abspath(os.fspath(psk_file))}
 
 
 def master_config_from_dict(
@@ -637,8 +661,9 @@ class _Reader:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise self.error("psk_file", f"psk_file '{path}' is not a regular file")
-            # A key others can read is a key others have: refuse rather than warn.
-            if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            # A key others can read is a key others have: refuse rather than warn. ACL-aware, so
+            # a systemd credential (0400 plus a read entry for this user) passes.
+            if readable_by_others(fd, st):
                 raise self.error(
                     "psk_file", f"psk_file '{path}' is readable by other users (chmod 600 it)"
                 )

@@ -101,3 +101,17 @@ def test_no_config_file_is_unavailable():
     with pytest.raises(ControlError) as err:
         describe_config("master", None)
     assert err.value.code == "unavailable"
+
+
+def test_a_daemon_started_with_psk_file_validates_with_it(tmp_path):
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "master.toml"
+    path.write_text('watched_dir = "data"\n')  # the key comes from --psk-file only
+    key = tmp_path / "psk"
+    key.write_text("from-the-service-manager\n")
+    key.chmod(0o600)
+    with pytest.raises(ControlError, match="psk"):
+        set_config_value("master", path, "rescan_interval", 5)
+    change = set_config_value("master", path, "rescan_interval", 5, psk_file=str(key))
+    assert change.config.psk == b"from-the-service-manager"
+    assert "psk" not in path.read_text()

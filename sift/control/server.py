@@ -53,9 +53,20 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
     return pid, uid, gid
 
 
-def process_groups(pid: int, uid: int, gid: int) -> set[int]:
-    """Every group id the client process has: from /proc when it can be read (this includes
-    groups granted by the service manager), else from the user database."""
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python has no constant
+MAX_GROUPS = 256  # getsockopt buffers are capped at 1024 bytes; more groups fall back
+
+
+def client_groups(sock: socket.socket, pid: int, uid: int, gid: int) -> set[int]:
+    """Every group id the client process has, supplementary ones included. SO_PEERGROUPS asks
+    the kernel directly and works even when /proc hides other users' processes (systemd's
+    ProtectProc=invisible); /proc and then the user database are fallbacks."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        count = len(raw) // 4
+        return {gid, *struct.unpack(f"{count}I", raw[: 4 * count])}
+    except OSError:
+        pass
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as f:
             for line in f:
@@ -125,13 +136,13 @@ class ControlServer:
         writer.close()
         raise SocketInUse(f"control socket {self.path} is in use by another running daemon")
 
-    def allowed(self, creds: tuple[int, int, int] | None) -> bool:
+    def allowed(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> bool:
         if creds is None:
             return False
         pid, uid, gid = creds
         if uid in self.allowed_uids:
             return True
-        return self.group_id is not None and self.group_id in process_groups(pid, uid, gid)
+        return self.group_id is not None and self.group_id in client_groups(sock, pid, uid, gid)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -147,7 +158,7 @@ class ControlServer:
         sock = writer.get_extra_info("socket")
         creds = peer_credentials(sock) if sock is not None else None
         try:
-            if not self.allowed(creds):
+            if not self.allowed(sock, creds):
                 uid = creds[1] if creds else "?"
                 log.warning("control socket: refused a client running as uid %s", uid)
                 await self._send(writer, error_reply(None, "forbidden", "not allowed: wrong user"))
