@@ -33,6 +33,7 @@ __all__ = [
     "MasterConfig",
     "PeerConfig",
     "Role",
+    "control_socket_of",
     "load_master_config",
     "load_peer_config",
     "master_config_from_dict",
@@ -370,6 +371,26 @@ def load_peer_config(
     data = with_psk_file(data, psk_file)
     config = peer_config_from_dict(data, config_path.parent, config_path=config_path)
     return replace(config, psk_file_override=data.get("psk_file") if psk_file else None)
+
+
+def control_socket_of(path: str | os.PathLike[str]) -> Path:
+    """Where the daemon configured by ``path`` puts its control socket, read without checking
+    the rest of the file: a console or script only needs the socket, and may not be allowed to
+    read the key (a NixOS config has none at all)."""
+    config_path, data = _read_toml(path)
+    role: Role = "master" if "watched_dir" in data else "peer"
+    r = _Reader(data, role, config_path.parent, config_path)
+    socket = r.path("control_socket")
+    if socket is not None:
+        return socket
+    state_dir = r.path("state_dir")
+    if state_dir is None:
+        state_dir = (
+            _default_master_state_dir(None)
+            if role == "master"
+            else r.required_path("local_dir") / ".sift" / "state"
+        )
+    return state_dir / "control.sock"
 
 
 def with_psk_file(data: dict[str, Any], psk_file: str | os.PathLike[str] | None) -> dict[str, Any]:

@@ -590,3 +590,19 @@ def test_control_group_must_exist(tmp_path: Path) -> None:
     assert (
         master_config_from_dict({**base, "control_group": group}, tmp_path).control_group == group
     )
+
+
+def test_control_socket_of_reads_only_what_it_needs(tmp_path: Path) -> None:
+    from sift.config import control_socket_of
+
+    master = tmp_path / "master.toml"
+    master.write_text('watched_dir = "/nowhere"\nstate_dir = "state"\n')  # no key, no such dir
+    assert control_socket_of(master) == tmp_path / "state" / "control.sock"
+    master.write_text('watched_dir = "/x"\ncontrol_socket = "/run/sift-master-lab/control.sock"\n')
+    assert control_socket_of(master) == Path("/run/sift-master-lab/control.sock")
+    peer = tmp_path / "peer.toml"
+    peer.write_text('master_addr = "m:7777"\nlocal_dir = "mirror"\n')
+    assert control_socket_of(peer) == tmp_path / "mirror" / ".sift" / "state" / "control.sock"
+    peer.write_text('master_addr = "m:7777"\n')
+    with pytest.raises(ConfigError, match="local_dir"):
+        control_socket_of(peer)
