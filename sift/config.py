@@ -143,6 +143,9 @@ class MasterConfig:
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -165,6 +168,9 @@ class PeerConfig:
     advertise_addr: Address | None = None
     adopt: bool = False
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -199,6 +205,18 @@ _PSK_FILE_DESC = (
     "or others. Exactly one of `psk` and `psk_file` is required."
 )
 _FRAME_DESC = "Largest protocol frame accepted or sent, in bytes."
+_TLS_CERT_DESC = (
+    "PEM certificate (chain) of this node. With `tls_key` it turns TLS 1.3 on for this node's "
+    "listener and its outgoing connections; every node of a cluster must have TLS on, or none. "
+    "See docs/security.md."
+)
+_TLS_KEY_DESC = "PEM private key for `tls_cert`. Must not be readable by group or others."
+_TLS_CA_DESC = (
+    "PEM CA certificate(s). Set: the certificates of the nodes this one dials must verify "
+    "against it, and its listener requires client certificates that do (mutual TLS). "
+    "Unset: certificates are not checked; the TLS-bound key proof still stops relays. "
+    "Needs `tls_cert` and `tls_key`."
+)
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     # master
@@ -252,6 +270,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "master", "max_frame_size", "integer", False, "67108864",
         _FRAME_DESC + " Must exceed `chunk_max_size`.", "67108864",
     ),
+    ConfigKey("master", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/master.crt"'),
+    ConfigKey("master", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/master.key"'),
+    ConfigKey("master", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
     # peer
     ConfigKey(
         "peer", "master_addr", "address", True, "",
@@ -297,6 +318,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "peer", "max_frame_size", "integer", False, "67108864",
         _FRAME_DESC + " Must exceed the master's `chunk_max_size`.", "67108864",
     ),
+    ConfigKey("peer", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/edge1.crt"'),
+    ConfigKey("peer", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/edge1.key"'),
+    ConfigKey("peer", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
 )  # fmt: skip
 
 MASTER_KEYS: dict[str, ConfigKey] = {k.name: k for k in CONFIG_KEYS if k.role == "master"}
@@ -368,6 +392,7 @@ def master_config_from_dict(
             f"max_frame_size: {max_frame_size} is too small for chunk_max_size "
             f"{params.max_size} (need at least {params.max_size + FRAME_OVERHEAD})",
         )
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return MasterConfig(
         watched_dir=watched_dir,
         psk=psk,
@@ -378,6 +403,9 @@ def master_config_from_dict(
         rescan_interval=rescan_interval,
         debounce_ms=debounce_ms,
         max_frame_size=max_frame_size,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -403,6 +431,7 @@ def peer_config_from_dict(
     _check_not_published(r, "control_socket", control_socket, local_dir, "local_dir")
     adopt = r.boolean("adopt", False)
     max_frame_size = r.integer("max_frame_size", DEFAULT_MAX_FRAME_SIZE, minimum=MIN_FRAME_SIZE)
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return PeerConfig(
         master_addr=master_addr,
         psk=psk,
@@ -413,6 +442,9 @@ def peer_config_from_dict(
         advertise_addr=advertise_addr,
         adopt=adopt,
         max_frame_size=max_frame_size,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -584,6 +616,36 @@ class _Reader:
         if not has_file:
             raise self.error("psk", "missing required key 'psk' or 'psk_file'")
         return self._read_psk_file(self.required_path("psk_file"))
+
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """``tls_cert``, ``tls_key``, ``tls_ca``: checked to exist and be readable, the key
+        private to its owner. The certificates themselves are parsed by sift.net.tls."""
+        cert, key, ca = self.path("tls_cert"), self.path("tls_key"), self.path("tls_ca")
+        if (cert is None) != (key is None):
+            have, need = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+            raise self.error(need, f"{have} is set but {need} is not (TLS needs both)")
+        if ca is not None and cert is None:
+            raise self.error(
+                "tls_ca", "tls_ca is set but tls_cert and tls_key are not (TLS needs both)"
+            )
+        for name, path in (("tls_cert", cert), ("tls_key", key), ("tls_ca", ca)):
+            if path is not None:
+                self._check_readable_file(name, path, private=name == "tls_key")
+        return cert, key, ca
+
+    def _check_readable_file(self, key: str, path: Path, *, private: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise self.error(key, f"{key} '{path}' cannot be read: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise self.error(key, f"{key} '{path}' is not a regular file")
+        if private and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise self.error(key, f"{key} '{path}' is readable by other users (chmod 600 it)")
 
     def _read_psk_file(self, path: Path) -> bytes:
         try:

@@ -24,8 +24,16 @@ from sift.core.manifest import (
     decode_manifest,
 )
 from sift.core.paths import RESERVED_DIR
-from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
+from sift.net.channel import (
+    HANDSHAKE_TIMEOUT,
+    Channel,
+    ChannelClosed,
+    RemoteError,
+    accept,
+    connect,
+)
 from sift.net.tasks import run_until_stopped
+from sift.net.tls import TLSError, node_tls
 from sift.peer.fetch import FetchFailed, ManifestOutdated
 from sift.peer.sync import LocalChunks, Syncer
 from sift.protocol import AuthenticationError, ProtocolError
@@ -75,6 +83,7 @@ class PeerDaemon:
     def __init__(self, config: PeerConfig):
         check_local_dir(config)
         self.config = config
+        self.tls = node_tls(config)  # None: plain TCP
         self.local_dir = config.local_dir
         (self.local_dir / RESERVED_DIR).mkdir(exist_ok=True)
         self.db = open_db(db_path(config.state_dir), role="peer")
@@ -108,14 +117,23 @@ class PeerDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         host, port = self.config.bind_addr
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.tls.server.context if self.tls else None
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+        )
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
-            "peer %s serving %s on %s:%d (synced version %d)",
+            "peer %s serving %s on %s:%d%s (synced version %d)",
             self.node_id,
             self.local_dir,
             host,
             self.bound_port,
+            " (TLS)" if tls else "",
             self.synced_version,
         )
         await run_until_stopped(
@@ -155,8 +173,9 @@ class PeerDaemon:
                     if self.config.advertise_addr
                     else None,
                     max_frame_size=self.config.max_frame_size,
+                    tls=self.tls.client if self.tls else None,
                 )
-            except AuthenticationError as exc:
+            except (AuthenticationError, TLSError) as exc:
                 log.error("master %s:%d refused us: %s", host, port, exc)
                 delay = BACKOFF_MAX
             except (OSError, TimeoutError, ProtocolError, ChannelClosed) as exc:
@@ -337,6 +356,7 @@ class PeerDaemon:
                 self.node_id,
                 node_role="peer",
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.client if self.tls else None,
             )
             self._peer_channels[addr] = channel
             task = asyncio.ensure_future(channel.serve(self._handle_peer_request))
@@ -355,6 +375,7 @@ class PeerDaemon:
                 self.node_id,
                 lambda: self.synced_version,
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.server if self.tls else None,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
