@@ -235,6 +235,19 @@ class Channel:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
 
 
+# TLS 1.3 lets the client finish its handshake before the server has checked the client's
+# certificate, so a refused certificate shows up as the connection closing right afterwards.
+CLOSED_AFTER_TLS_HANDSHAKE = (
+    "TLS handshake failed: the server closed the connection at once (it may require a client "
+    "certificate signed by its tls_ca)"
+)
+
+CLOSED_BEFORE_PLAIN_HANDSHAKE = (
+    "connection closed during the handshake (a node with TLS on closes plain connections like "
+    "this: is TLS on over there?)"
+)
+
+
 async def _drive_handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, *, tls: bool
 ) -> Message:
@@ -253,15 +266,9 @@ async def _drive_handshake(
                 "every node of the cluster, or on none)"
             )
         if first and not data and conn.our_role is Role.CLIENT:
-            if tls:  # TLS 1.3 lets the client finish before the server checks its certificate
-                raise TLSError(
-                    "TLS handshake failed: the server closed the connection at once (it may "
-                    "require a client certificate signed by its tls_ca)"
-                )
-            raise ChannelClosed(
-                "connection closed during the handshake (a node with TLS on closes plain "
-                "connections like this: is TLS on over there?)"
-            )
+            if tls:
+                raise TLSError(CLOSED_AFTER_TLS_HANDSHAKE)
+            raise ChannelClosed(CLOSED_BEFORE_PLAIN_HANDSHAKE)
         first = False
         try:
             conn.receive_data(data)
@@ -354,6 +361,11 @@ async def connect(
         ack = await asyncio.wait_for(
             _drive_handshake(reader, writer, conn, tls=tls is not None), timeout
         )
+    except ConnectionResetError:
+        writer.close()
+        if tls is None:
+            raise ChannelClosed(CLOSED_BEFORE_PLAIN_HANDSHAKE) from None
+        raise TLSError(CLOSED_AFTER_TLS_HANDSHAKE) from None
     except BaseException:
         writer.close()
         raise

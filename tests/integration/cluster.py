@@ -133,6 +133,7 @@ class Cluster:
         self.master_dir.mkdir(parents=True)
         self.master: Daemon | None = None
         self.peers: list[tuple[Daemon, Path, int]] = []
+        self.status_tls = None  # an ssl.SSLContext for status queries when the nodes use TLS
 
     def write_config(self, path: Path, values: dict) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +185,13 @@ class Cluster:
     def try_status(self, port: int | None = None) -> dict | None:
         try:
             return asyncio.run(
-                fetch_status("127.0.0.1", port or self.master_port, self.psk.encode(), 5.0)
+                fetch_status(
+                    "127.0.0.1",
+                    port or self.master_port,
+                    self.psk.encode(),
+                    5.0,
+                    tls=self.status_tls,
+                )
             )
         except Exception:
             return None
