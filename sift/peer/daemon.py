@@ -102,6 +102,7 @@ class PeerDaemon:
         self._master_ready = asyncio.Event()
         self._sync_needed = asyncio.Event()
         self._peer_channels: dict[str, Channel] = {}
+        self._inbound: set[Channel] = set()  # other peers connected to us
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._new_holdings: list[bytes] = []
         self.server: asyncio.Server | None = None
@@ -145,7 +146,7 @@ class PeerDaemon:
     async def shutdown(self) -> None:
         if self.server is not None:
             self.server.close()
-        channels = list(self._peer_channels.values())
+        channels = list(self._peer_channels.values()) + list(self._inbound)
         if self.master is not None:
             channels.append(self.master)
         await asyncio.gather(
@@ -381,7 +382,15 @@ class PeerDaemon:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
             return
-        await channel.serve(self._handle_peer_request)
+        self._inbound.add(channel)
+        try:
+            await channel.serve(self._handle_peer_request)
+        except asyncio.CancelledError:
+            # Only at exit, for a connection still open when the loop shuts down; re-raising
+            # would make asyncio log the cancelled handler as an ERROR with a traceback.
+            await channel.close("peer shutting down", send_goodbye=False)
+        finally:
+            self._inbound.discard(channel)
 
     async def _handle_peer_request(self, channel: Channel, msg: Message) -> Message | None:
         if isinstance(msg, ChunkRequest):

@@ -231,6 +231,10 @@ class Cluster:
             raise
 
     def close(self) -> None:
+        # Signal every peer first so they shut down in parallel, then wait for each.
+        for daemon, _, _ in self.peers:
+            if daemon.running:
+                daemon.proc.send_signal(signal.SIGTERM)
         for daemon, _, _ in self.peers:
             daemon.stop()
         if self.master is not None:
