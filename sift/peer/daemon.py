@@ -176,9 +176,11 @@ class PeerDaemon:
                     max_frame_size=self.config.max_frame_size,
                     tls=self.tls.client if self.tls else None,
                 )
-            except (AuthenticationError, TLSError) as exc:
+            except AuthenticationError as exc:
                 log.error("master %s:%d refused us: %s", host, port, exc)
                 delay = BACKOFF_MAX
+            except TLSError as exc:  # a TLS mismatch, or a master going away mid-handshake
+                log.warning("master %s:%d: %s; retrying in %.1fs", host, port, exc, delay)
             except (OSError, TimeoutError, ProtocolError, ChannelClosed) as exc:
                 log.info("master %s:%d unreachable (%s); retrying in %.1fs", host, port, exc, delay)
             else:
