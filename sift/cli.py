@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import uvloop
 
@@ -23,6 +24,7 @@ from sift.control.client import ControlClosed, ControlError, control_call
 from sift.control.server import SocketInUse
 from sift.demo import run_demo
 from sift.master.daemon import MasterDaemon
+from sift.net.tls import TLSError, client_context
 from sift.peer.daemon import NotOurDirectory, PeerDaemon
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.state import StateError
@@ -112,9 +114,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--master: {exc}", EXIT_USAGE)
     try:
-        status = asyncio.run(fetch_status(addr.host, addr.port, psk.encode()))
+        tls = _status_tls(args)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        status = asyncio.run(fetch_status(addr.host, addr.port, psk.encode(), tls=tls))
     except AuthenticationError as exc:
         return _fail(f"master {addr} refused the key: {exc}")
+    except TLSError as exc:
+        return _fail(f"master {addr}: {exc}")
     except TimeoutError:
         return _fail(f"master {addr} did not answer in time")
     except (OSError, ConnectionError) as exc:
@@ -140,6 +148,20 @@ def _status_from_socket(path: str, as_json: bool) -> int:
         return _fail(f"{path}: {exc}")
     print(to_json(status) if as_json else format_status(status))
     return EXIT_OK
+
+
+def _status_tls(args: argparse.Namespace):
+    """The TLS context `sift status` dials with, from --tls/--tls-ca/--tls-cert/--tls-key."""
+    files = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    if not args.tls and not any(files.values()):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together (a client certificate needs both)")
+    for flag, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{flag} '{path}' is not a readable file")
+    ca, cert, key = (None if p is None else Path(p) for p in files.values())
+    return client_context(ca, cert, key)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -195,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--psk", help="pre-shared key for --master (default: $SIFT_PSK)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--tls", action="store_true", help="connect over TLS (implied by the --tls-* options)"
+    )
+    status.add_argument(
+        "--tls-ca", metavar="FILE", help="verify the master's certificate against this CA"
+    )
+    status.add_argument(
+        "--tls-cert", metavar="FILE", help="client certificate, for a master with tls_ca set"
+    )
+    status.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="run a master and peers on 127.0.0.1 over sample data")

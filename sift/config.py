@@ -150,6 +150,9 @@ class MasterConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
     control_group: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
     psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
@@ -175,6 +178,9 @@ class PeerConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
     control_group: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
     psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
@@ -217,6 +223,18 @@ _GROUP_DESC = (
 _LOG_DESC = (
     "Log verbosity on stderr: `debug`, `info`, `warning` or `error`. `sift --log-level` "
     "overrides it; a change through the control socket applies at once."
+)
+_TLS_CERT_DESC = (
+    "PEM certificate (chain) of this node. With `tls_key` it turns TLS 1.3 on for this node's "
+    "listener and its outgoing connections; every node of a cluster must have TLS on, or none. "
+    "See docs/security.md."
+)
+_TLS_KEY_DESC = "PEM private key for `tls_cert`. Must not be readable by group or others."
+_TLS_CA_DESC = (
+    "PEM CA certificate(s). Set: the certificates of the nodes this one dials must verify "
+    "against it, and its listener requires client certificates that do (mutual TLS). "
+    "Unset: certificates are not checked; the TLS-bound key proof still stops relays. "
+    "Needs `tls_cert` and `tls_key`."
 )
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
@@ -273,6 +291,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         _FRAME_DESC + " Must exceed `chunk_max_size`.", "67108864",
     ),
     ConfigKey("master", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
+    ConfigKey("master", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/master.crt"'),
+    ConfigKey("master", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/master.key"'),
+    ConfigKey("master", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
     # peer
     ConfigKey(
         "peer", "master_addr", "address", True, "",
@@ -320,6 +341,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         _FRAME_DESC + " Must exceed the master's `chunk_max_size`.", "67108864",
     ),
     ConfigKey("peer", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
+    ConfigKey("peer", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/edge1.crt"'),
+    ConfigKey("peer", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/edge1.key"'),
+    ConfigKey("peer", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
 )  # fmt: skip
 
 MASTER_KEYS: dict[str, ConfigKey] = {k.name: k for k in CONFIG_KEYS if k.role == "master"}
@@ -432,6 +456,7 @@ def master_config_from_dict(
             f"max_frame_size: {max_frame_size} is too small for chunk_max_size "
             f"{params.max_size} (need at least {params.max_size + FRAME_OVERHEAD})",
         )
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return MasterConfig(
         watched_dir=watched_dir,
         psk=psk,
@@ -444,6 +469,9 @@ def master_config_from_dict(
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
         control_group=r.group("control_group"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -469,6 +497,7 @@ def peer_config_from_dict(
     _check_not_published(r, "control_socket", control_socket, local_dir, "local_dir")
     adopt = r.boolean("adopt", False)
     max_frame_size = r.integer("max_frame_size", DEFAULT_MAX_FRAME_SIZE, minimum=MIN_FRAME_SIZE)
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return PeerConfig(
         master_addr=master_addr,
         psk=psk,
@@ -481,6 +510,9 @@ def peer_config_from_dict(
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
         control_group=r.group("control_group"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -669,6 +701,36 @@ class _Reader:
         if not has_file:
             raise self.error("psk", "missing required key 'psk' or 'psk_file'")
         return self._read_psk_file(self.required_path("psk_file"))
+
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """``tls_cert``, ``tls_key``, ``tls_ca``: checked to exist and be readable, the key
+        private to its owner. The certificates themselves are parsed by sift.net.tls."""
+        cert, key, ca = self.path("tls_cert"), self.path("tls_key"), self.path("tls_ca")
+        if (cert is None) != (key is None):
+            have, need = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+            raise self.error(need, f"{have} is set but {need} is not (TLS needs both)")
+        if ca is not None and cert is None:
+            raise self.error(
+                "tls_ca", "tls_ca is set but tls_cert and tls_key are not (TLS needs both)"
+            )
+        for name, path in (("tls_cert", cert), ("tls_key", key), ("tls_ca", ca)):
+            if path is not None:
+                self._check_readable_file(name, path, private=name == "tls_key")
+        return cert, key, ca
+
+    def _check_readable_file(self, key: str, path: Path, *, private: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise self.error(key, f"{key} '{path}' cannot be read: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise self.error(key, f"{key} '{path}' is not a regular file")
+        if private and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise self.error(key, f"{key} '{path}' is readable by other users (chmod 600 it)")
 
     def _read_psk_file(self, path: Path) -> bytes:
         try:

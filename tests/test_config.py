@@ -520,11 +520,13 @@ def test_documented_error_messages_are_exact(
 
 def _example_with_optional_keys(name: str) -> tuple[str, dict[str, Any]]:
     """An example file's text, and its data with every commented-out key line enabled too
-    (except psk_file, which excludes psk): the commented values must be valid as well."""
+    (except psk_file, which excludes psk, and the TLS files, which must exist: they are loaded
+    in tests/test_tls_config.py): the commented values must be valid as well."""
     text = (EXAMPLES / name).read_text()
     enabled = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
     data = tomllib.loads(enabled)
-    data.pop("psk_file")
+    for key in ("psk_file", "tls_cert", "tls_key", "tls_ca"):
+        data.pop(key)
     return text, data
 
 

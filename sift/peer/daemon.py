@@ -28,8 +28,16 @@ from sift.core.manifest import (
 )
 from sift.core.paths import RESERVED_DIR
 from sift.metrics import RateTable
-from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
+from sift.net.channel import (
+    HANDSHAKE_TIMEOUT,
+    Channel,
+    ChannelClosed,
+    RemoteError,
+    accept,
+    connect,
+)
 from sift.net.tasks import run_until_stopped
+from sift.net.tls import TLSError, node_tls
 from sift.peer.fetch import FetchFailed, ManifestOutdated
 from sift.peer.sync import LocalChunks, Syncer, SyncProgress
 from sift.protocol import AuthenticationError, ProtocolError
@@ -79,6 +87,7 @@ class PeerDaemon:
     def __init__(self, config: PeerConfig):
         check_local_dir(config)
         self.config = config
+        self.tls = node_tls(config)  # None: plain TCP
         self.local_dir = config.local_dir
         (self.local_dir / RESERVED_DIR).mkdir(exist_ok=True)
         self.db = open_db(db_path(config.state_dir), role="peer")
@@ -104,6 +113,7 @@ class PeerDaemon:
         self._master_ready = asyncio.Event()
         self._sync_needed = asyncio.Event()
         self._peer_channels: dict[str, Channel] = {}
+        self._inbound: set[Channel] = set()  # other peers connected to us
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._new_holdings: list[bytes] = []
         self.server: asyncio.Server | None = None
@@ -133,14 +143,23 @@ class PeerDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         await self.control.start()
         host, port = self.config.bind_addr
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.tls.server.context if self.tls else None
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+        )
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
-            "peer %s serving %s on %s:%d (synced version %d)",
+            "peer %s serving %s on %s:%d%s (synced version %d)",
             self.node_id,
             self.local_dir,
             host,
             self.bound_port,
+            " (TLS)" if tls else "",
             self.synced_version,
         )
         await run_until_stopped(
@@ -157,7 +176,7 @@ class PeerDaemon:
     async def shutdown(self) -> None:
         if self.server is not None:
             self.server.close()
-        channels = list(self._peer_channels.values())
+        channels = list(self._peer_channels.values()) + list(self._inbound)
         if self.master is not None:
             channels.append(self.master)
         await asyncio.gather(
@@ -186,10 +205,13 @@ class PeerDaemon:
                     if self.config.advertise_addr
                     else None,
                     max_frame_size=self.config.max_frame_size,
+                    tls=self.tls.client if self.tls else None,
                 )
             except AuthenticationError as exc:
                 log.error("master %s:%d refused us: %s", host, port, exc)
                 delay = BACKOFF_MAX
+            except TLSError as exc:  # a TLS mismatch, or a master going away mid-handshake
+                log.warning("master %s:%d: %s; retrying in %.1fs", host, port, exc, delay)
             except (OSError, TimeoutError, ProtocolError, ChannelClosed) as exc:
                 log.info("master %s:%d unreachable (%s); retrying in %.1fs", host, port, exc, delay)
             else:
@@ -410,6 +432,7 @@ class PeerDaemon:
                 self.node_id,
                 node_role="peer",
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.client if self.tls else None,
             )
             self._peer_channels[addr] = channel
             task = asyncio.ensure_future(channel.serve(self._handle_peer_request))
@@ -428,13 +451,22 @@ class PeerDaemon:
                 self.node_id,
                 lambda: self.synced_version,
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.server if self.tls else None,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
             return
-        await channel.serve(self._handle_peer_request)
-        self.rates.forget(channel.peer_node_id)
+        self._inbound.add(channel)
+        try:
+            await channel.serve(self._handle_peer_request)
+        except asyncio.CancelledError:
+            # Only at exit, for a connection still open when the loop shuts down; re-raising
+            # would make asyncio log the cancelled handler as an ERROR with a traceback.
+            await channel.close("peer shutting down", send_goodbye=False)
+        finally:
+            self._inbound.discard(channel)
+            self.rates.forget(channel.peer_node_id)
 
     async def _handle_peer_request(self, channel: Channel, msg: Message) -> Message | None:
         if isinstance(msg, ChunkRequest):
