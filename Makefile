@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint format demo bench-chunk bench-sync clean
+.PHONY: install test lint format demo bench-chunk bench-sync clean
+
+# Plain `make`: sift, sift-tui and the test tools in .venv.
+install: $(VENV)/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
