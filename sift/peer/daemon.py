@@ -26,7 +26,7 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
 from sift.net.tasks import run_until_stopped
-from sift.peer.fetch import FetchFailed, ManifestOutdated
+from sift.peer.fetch import FetchFailed, ManifestOutdated, SourceHealth
 from sift.peer.sync import LocalChunks, Syncer
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.protocol.messages import (
@@ -87,6 +87,7 @@ class PeerDaemon:
         self.node_id = node_id
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
+        self.source_health = SourceHealth()
         self.syncer = Syncer(self.local_dir, self.cache, self.chunks, self, self._progress)
         self.master: Channel | None = None
         self.master_version = 0
@@ -413,4 +414,5 @@ class PeerDaemon:
             "bytes": m.total_bytes if m else 0,
             "chunks_held": len(self.chunks.locations),
             "last_sync": self.last_sync,
+            "banned_sources": self.source_health.snapshot(),
         }
