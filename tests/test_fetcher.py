@@ -527,7 +527,7 @@ async def test_demoted_source_gets_one_request_at_a_time(monkeypatch):
 async def test_protocol_errors_count_against_a_source():
     data = make_chunks(10)
     hashes = list(data)
-    net, sink = FakeNet(data), Sink()
+    net = FakeNet(data)
     net.add_peer("broken:1", hashes, mode="broken")
     health = SourceHealth()
     for _ in range(BAD_CHUNKS_BEFORE_BAN):

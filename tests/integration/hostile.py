@@ -76,6 +76,7 @@ class LyingPeer:
         self.master: Channel | None = None
         self.server: asyncio.Server | None = None
         self.claimed: tuple[bytes, ...] = ()
+        self._serving: asyncio.Future | None = None
 
     @property
     def addr(self) -> str:
@@ -92,7 +93,7 @@ class LyingPeer:
             node_role="peer",
             listen_port=self.port,
         )
-        asyncio.ensure_future(self.master.serve(self._from_master))
+        self._serving = asyncio.ensure_future(self.master.serve(self._from_master))
         response = await self.master.request(ManifestRequest(0, None))
         assert isinstance(response, ManifestResponse)
         manifest = decode_manifest(response.data)
