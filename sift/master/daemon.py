@@ -29,7 +29,7 @@ from sift.core.manifest import (
 )
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
-from sift.net.channel import Channel, accept
+from sift.net.channel import Channel, HandshakeLimit, accept
 from sift.net.tasks import run_until_stopped
 from sift.protocol import ProtocolError
 from sift.protocol.messages import (
@@ -53,7 +53,6 @@ from sift.state import ManifestStore, ScanCache, db_path, open_db
 log = logging.getLogger("sift.master")
 
 UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it was hashed
-MAX_UNAUTHENTICATED = 64  # handshakes in progress at once; more are refused at accept
 
 
 @dataclass
@@ -84,7 +83,7 @@ class MasterDaemon:
         self._encoded: dict[int, bytes] = {}
         self._deltas: dict[tuple[int, int], bytes] = {}
         self._rescan = asyncio.Event()
-        self._handshakes = 0
+        self._handshakes = HandshakeLimit()
         self.bytes_sent = 0
         self.chunks_sent = 0
         self.server: asyncio.Server | None = None
@@ -201,10 +200,6 @@ class MasterDaemon:
     # -- connections ------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        if self._handshakes >= MAX_UNAUTHENTICATED:
-            writer.close()
-            return
-        self._handshakes += 1
         peer = writer.get_extra_info("peername") or ("?", 0)
         try:
             channel = await accept(
@@ -214,13 +209,12 @@ class MasterDaemon:
                 self.node_id,
                 lambda: self.current.version,
                 max_frame_size=self.config.max_frame_size,
+                limit=self._handshakes,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
             return
-        finally:
-            self._handshakes -= 1
         hello = channel.hello
         addr = ""
         if hello.role == "peer":

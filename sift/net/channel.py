@@ -41,6 +41,7 @@ IDLE_TIMEOUT = 90.0  # nothing heard for this long (pings included): the peer is
 PING_INTERVAL = 20.0
 READ_SIZE = 1 << 20
 MAX_CONCURRENT_REQUESTS = 32  # per connection: a flood of requests waits, it does not pile up
+MAX_UNAUTHENTICATED = 64  # handshakes in progress at once per listener; more are refused
 
 REQUESTS = (ManifestRequest, ChunkRequest, PeerListRequest, StatusRequest)
 RESPONSES = (ManifestResponse, ChunkResponse, PeerListResponse, StatusResponse)
@@ -226,6 +227,22 @@ class Channel:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
 
 
+class HandshakeLimit:
+    """Caps the handshakes in progress at once on one listener, so connections that never
+    authenticate (each may hold a socket and a buffer for HANDSHAKE_TIMEOUT) cannot pile up."""
+
+    def __init__(self, limit: int = MAX_UNAUTHENTICATED):
+        self.limit = limit
+        self.active = 0
+
+
+async def _refuse(writer: asyncio.StreamWriter, conn: Connection, code: str, text: str) -> None:
+    """Tell an unauthenticated client why it is being dropped (one Error frame), best effort."""
+    with contextlib.suppress(Exception):
+        writer.write(conn.send(Error(None, code, text)))
+        await asyncio.wait_for(writer.drain(), 1.0)
+
+
 async def _drive_handshake(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
 ) -> Message:
@@ -298,12 +315,31 @@ async def accept(
     manifest_version: Callable[[], int],
     *,
     max_frame_size: int | None = None,
-    timeout: float = HANDSHAKE_TIMEOUT,
+    timeout: float | None = None,
+    limit: HandshakeLimit | None = None,
 ) -> Channel:
-    """Server side of the handshake on a freshly accepted connection."""
+    """Server side of the handshake on a freshly accepted connection. A client that has not
+    authenticated within `timeout` (default HANDSHAKE_TIMEOUT), or arrives while `limit`
+    handshakes are already running, gets an Error frame and TimeoutError / ConnectionRefusedError.
+    """
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
     kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
     conn = Connection(Role.SERVER, psk, node_id, **kwargs)
-    hello = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+    if limit is not None and limit.active >= limit.limit:
+        text = f"too many connections authenticating at once (limit {limit.limit}); retry later"
+        await _refuse(writer, conn, "busy", text)
+        raise ConnectionRefusedError(text)
+    if limit is not None:
+        limit.active += 1
+    try:
+        hello = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+    except TimeoutError:
+        text = f"handshake not completed within {timeout:g}s"
+        await _refuse(writer, conn, "timeout", text)
+        raise TimeoutError(text) from None
+    finally:
+        if limit is not None:
+            limit.active -= 1
     assert isinstance(hello, Hello)
     peer = writer.get_extra_info("peername") or ("?", 0)
     writer.write(conn.accept(manifest_version(), f"{peer[0]}:{peer[1]}"))

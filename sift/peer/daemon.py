@@ -24,7 +24,14 @@ from sift.core.manifest import (
     decode_manifest,
 )
 from sift.core.paths import RESERVED_DIR
-from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
+from sift.net.channel import (
+    Channel,
+    ChannelClosed,
+    HandshakeLimit,
+    RemoteError,
+    accept,
+    connect,
+)
 from sift.net.tasks import run_until_stopped
 from sift.peer.fetch import FetchFailed, ManifestOutdated, SourceHealth
 from sift.peer.sync import LocalChunks, Syncer
@@ -88,6 +95,7 @@ class PeerDaemon:
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
         self.source_health = SourceHealth()
+        self._handshakes = HandshakeLimit()
         self.syncer = Syncer(self.local_dir, self.cache, self.chunks, self, self._progress)
         self.master: Channel | None = None
         self.master_version = 0
@@ -356,6 +364,7 @@ class PeerDaemon:
                 self.node_id,
                 lambda: self.synced_version,
                 max_frame_size=self.config.max_frame_size,
+                limit=self._handshakes,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
