@@ -58,6 +58,7 @@ BACKOFF_MAX = 10.0
 SERVE_WAIT = 15.0  # how long a request for a chunk we are still fetching may wait for it
 PROGRESS_REPORT_INTERVAL = 0.5
 PEER_REQUEST_TIMEOUT = 30.0
+WRITE_RETRY_MAX = 5.0  # a full or failing disk is retried this often, so a sync resumes soon
 
 
 class NotOurDirectory(Exception):
@@ -107,6 +108,7 @@ class PeerDaemon:
         self.server: asyncio.Server | None = None
         self.bound_port = 0
         self.last_sync: dict | None = None
+        self.write_error: str | None = None
         self.syncing = False
 
     @property
@@ -232,6 +234,9 @@ class PeerDaemon:
             try:
                 await self._sync_once()
                 failures = 0
+                if self.write_error is not None:
+                    log.info("sync resumed: writing to %s works again", self.local_dir)
+                    self.write_error = None
             except ManifestOutdated as exc:
                 log.info("manifest moved on during the sync (%s); syncing again", exc)
                 self._sync_needed.set()
@@ -246,9 +251,12 @@ class PeerDaemon:
                 await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
             except OSError as exc:
                 failures += 1
-                log.error("sync failed writing %s: %s", self.local_dir, exc.strerror or exc)
+                message = f"sync failed writing {self.local_dir}: {exc.strerror or exc}"
+                # One line per distinct problem, not one per retry of a disk that stays full.
+                log.log(logging.DEBUG if message == self.write_error else logging.ERROR, message)
+                self.write_error = message
                 self._sync_needed.set()
-                await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
+                await asyncio.sleep(min(BACKOFF_START * 2**failures, WRITE_RETRY_MAX))
             except Exception:
                 failures += 1
                 log.exception("sync failed unexpectedly; retrying")
@@ -424,4 +432,5 @@ class PeerDaemon:
             "chunks_held": len(self.chunks.locations),
             "last_sync": self.last_sync,
             "banned_sources": self.source_health.snapshot(),
+            "last_error": self.write_error,
         }
