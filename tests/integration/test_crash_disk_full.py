@@ -97,7 +97,7 @@ def test_enospc_injected_at_the_write_layer(cluster: Cluster, tmp_path: Path):
         cluster.peers[0][1],
         peer,
         fill=flag.touch,
-        free=lambda: flag.unlink(),
+        free=flag.unlink,
     )
 
 
