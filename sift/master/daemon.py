@@ -22,7 +22,6 @@ from sift.chunk_reader import ChunkReader
 from sift.config import MasterConfig
 from sift.core.manifest import (
     Manifest,
-    ManifestDelta,
     encode_delta,
     encode_manifest,
     make_delta,
@@ -274,9 +273,8 @@ class MasterDaemon:
                     self._deltas[key] = data
             if data is not None:
                 return ManifestResponse(msg.req_id, current.version, since, data)
-        if since == current.version:
-            empty = ManifestDelta(since, since, current.params, (), ())
-            return ManifestResponse(msg.req_id, current.version, since, encode_delta(empty))
+        # A peer already at the current version gets the whole manifest too: there is no empty
+        # delta (a delta must move forward; encoding one failed, and the peer retried forever).
         data = self._encoded.get(current.version)
         if data is None:
             data = self._encoded[current.version] = encode_manifest(current)

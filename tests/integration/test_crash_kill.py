@@ -234,12 +234,31 @@ def test_master_killed_mid_update_peers_keep_files_serve_and_converge(cluster: C
             wait_for(lambda: cluster.try_status() is not None, 30, "the master to come back")
             assert cluster.status()["manifest_version"] >= version2
             tree = cluster.wait_converged(60)
+
+            # Killed again with nothing changed: the same version comes back, and peers already
+            # at it reconnect without a hitch (they used to get an internal error, forever).
+            cluster.master.kill()
+            reconnects = [d.log_text().count("connected to master") for d, _, _ in cluster.peers]
+            cluster.master.start()
+            wait_for(lambda: cluster.try_status() is not None, 30, "the master to come back")
+            wait_for(
+                lambda: all(
+                    d.log_text().count("connected to master") > n
+                    for (d, _, _), n in zip(cluster.peers, reconnects, strict=True)
+                ),
+                30,
+                "the peers to reconnect",
+            )
+            assert cluster.status()["manifest_version"] == version2
+            cluster.wait_converged(30)
         finally:
             stop_polling.set()
             poller.join(10)
             checker.stop()
     assert checker.violations == []
     assert {rel for rel, st in tree.items() if st[0] == "file"} == set(v2)
+    for daemon, _, _ in cluster.peers:
+        assert "delta must move forward" not in daemon.log_text()
     for name, versions in seen.items():
         assert versions, f"never saw {name}'s version"
         assert versions == sorted(versions), f"{name}'s version went backwards: {versions}"
