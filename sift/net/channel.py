@@ -39,6 +39,8 @@ HANDSHAKE_TIMEOUT = 10.0  # an unauthenticated connection gets this long to prov
 REQUEST_TIMEOUT = 60.0
 IDLE_TIMEOUT = 90.0  # nothing heard for this long (pings included): the peer is gone
 PING_INTERVAL = 20.0
+SEND_TIMEOUT = 60.0  # a peer that takes none of our bytes for this long is stuck: drop it
+MAX_UNREAD_PONGS = 1 << 20  # bytes of pongs queued for a peer that sends pings but never reads
 READ_SIZE = 1 << 20
 MAX_CONCURRENT_REQUESTS = 32  # per connection: a flood of requests waits, it does not pile up
 MAX_UNAUTHENTICATED = 64  # handshakes in progress at once per listener; more are refused
@@ -103,7 +105,11 @@ class Channel:
         data = self.conn.send(msg)
         self.bytes_out += len(data)
         self.writer.write(data)
-        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.writer.drain(), SEND_TIMEOUT)
+        except TimeoutError:
+            self._abort(f"it took none of our bytes for {SEND_TIMEOUT:g}s")
+            raise ChannelClosed(f"connection to {self.peer_node_id} is stuck") from None
 
     async def request(self, msg: Message, timeout: float = REQUEST_TIMEOUT) -> Message:
         """Send a request (its req_id is filled in here) and wait for the matching response."""
@@ -162,8 +168,12 @@ class Channel:
         if isinstance(msg, Ping):
             # No drain here: the reader must never wait on our own send buffer, or two sides
             # that both stopped reading while writing would wait on each other forever.
-            if not self.closed:
-                self.writer.write(self.conn.send(Pong(msg.token)))
+            if self.closed:
+                return
+            if self.writer.transport.get_write_buffer_size() > MAX_UNREAD_PONGS:
+                self._abort("it sends pings but reads no pongs")
+                return
+            self.writer.write(self.conn.send(Pong(msg.token)))
             return
         if isinstance(msg, Pong):
             return
@@ -222,6 +232,13 @@ class Channel:
             self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
+
+    def _abort(self, why: str) -> None:
+        """Drop a peer that stopped reading, at once: a graceful close would wait on the very
+        buffer it does not drain. The reader then ends and serve() cleans up."""
+        log.warning("%s: dropping the connection: %s", self.describe(), why)
+        self._close_reason = f"stuck: {why}"
+        self.writer.transport.abort()
 
     def describe(self) -> str:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"

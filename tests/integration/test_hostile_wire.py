@@ -21,7 +21,7 @@ from sift.net import channel as channel_mod
 from sift.net.channel import Channel, accept, connect
 from sift.protocol import Connection, FrameDecoder, ProtocolError, Role, decode_payload
 from sift.protocol.frames import MAGIC, PROTOCOL_VERSION, encode_frame
-from sift.protocol.messages import ChunkRequest, Error, Ping, encode_message
+from sift.protocol.messages import ChunkRequest, Error, Ping, StatusResponse, encode_message
 from tests.integration.cluster import Cluster, wait_for
 
 PSK = "integration-test-key"
@@ -283,3 +283,71 @@ async def test_handshake_timeout_sends_an_error_then_closes(monkeypatch):
         assert isinstance(outcome[0], TimeoutError)
     finally:
         server.close()
+
+
+async def _pair(on_server, **server_socket_opts):
+    """A real server Channel (handed to `on_server`) and a raw client that authenticated but
+    whose socket nobody reads. Returns (server, client reader, client writer, client conn)."""
+    server_channel: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_connect(reader, writer):
+        sock = writer.get_extra_info("socket")
+        for opt, value in server_socket_opts.items():
+            sock.setsockopt(socket.SOL_SOCKET, getattr(socket, opt), value)
+        ch = await accept(reader, writer, b"k", "server", lambda: 1)
+        server_channel.set_result(ch)
+        await on_server(ch)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = await connect("127.0.0.1", port, b"k", "client")
+    return server, await asyncio.wait_for(server_channel, 5), client
+
+
+async def test_a_peer_that_reads_nothing_is_dropped_after_the_send_timeout(monkeypatch):
+    monkeypatch.setattr(channel_mod, "SEND_TIMEOUT", 0.5)
+    outcome: list[BaseException] = []
+    big = StatusResponse(1, "x" * (1 << 20))
+
+    async def flood(ch: Channel) -> None:
+        try:
+            for _ in range(200):  # 200 MB: far more than any socket buffer
+                await ch.send(big)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    server, _ch, client = await _pair(flood)
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(_until(lambda: outcome), 20)
+        assert isinstance(outcome[0], channel_mod.ChannelClosed)
+        assert time.monotonic() - started < 10
+    finally:
+        client.writer.transport.abort()
+        server.close()
+
+
+async def test_a_peer_that_pings_but_reads_no_pongs_is_dropped(monkeypatch):
+    monkeypatch.setattr(channel_mod, "MAX_UNREAD_PONGS", 64 * 1024)
+    served = asyncio.Event()
+
+    async def serve(ch: Channel) -> None:
+        await ch.serve(lambda c, m: asyncio.sleep(0))
+        served.set()
+
+    server, ch, client = await _pair(serve, SO_SNDBUF=4096)
+    try:
+        pings = b"".join(client.conn.send(Ping(i)) for i in range(1, 200_000))
+        client.writer.write(pings)  # ~3 MB of pings; the client reads none of the pongs
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(client.writer.drain(), 20)
+        await asyncio.wait_for(served.wait(), 20)
+        assert ch.closed
+    finally:
+        client.writer.transport.abort()
+        server.close()
+
+
+async def _until(predicate) -> None:
+    while not predicate():
+        await asyncio.sleep(0.02)
