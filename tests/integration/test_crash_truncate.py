@@ -28,9 +28,9 @@ def test_master_survives_files_truncated_under_the_scanner(cluster: Cluster):
     rng = random.Random(7)
     master = cluster.master
     assert master is not None
-    # Grow and shrink the files for a few seconds: every change wakes the scanner (watcher and a
+    # Grow and shrink the files for three seconds: every change wakes the scanner (watcher and a
     # 1 s periodic rescan) and the peer's chunk requests, and many land mid-read.
-    deadline = time.monotonic() + 6
+    deadline = time.monotonic() + 3
     flips = 0
     while time.monotonic() < deadline:
         path = rng.choice(victims)
