@@ -221,7 +221,11 @@ def test_master_killed_mid_update_peers_keep_files_serve_and_converge(cluster: C
             assert version1 in mid_sync, "both peers had finished: the kill came too late"
 
             # Peers stay up, keep their complete files, and serve each other and anyone else.
-            time.sleep(0.5)
+            wait_for(
+                lambda: not any(cluster.peer_status(i)["master_connected"] for i in range(2)),
+                20,
+                "the peers to notice the master is gone",
+            )
             for i, (daemon, local, port) in enumerate(cluster.peers):
                 assert daemon.running, f"peer{i + 1} died with the master"
                 st = cluster.peer_status(i)
