@@ -33,6 +33,8 @@ def master(tmp_path_factory) -> Iterator[Cluster]:
     for i in range(3):
         (cluster.master_dir / f"f{i}.bin").write_bytes(os.urandom(200_000))
     cluster.start_master()
+    cluster.add_peer()  # its listener (serving other peers) faces the same attacks
+    cluster.wait_converged()
     try:
         yield cluster
     finally:
@@ -230,6 +232,30 @@ def test_hello_flood_idle_and_slow_clients(master: Cluster):
     assert master.status()["manifest_version"] >= 1
     rss_after = _rss_kib(pid)
     assert rss_after - rss_before < 30 * 1024, (rss_before, rss_after)
+
+
+def test_a_peer_listener_drops_garbage_and_caps_handshakes(master: Cluster):
+    daemon, _, port = master.peers[0]
+    for name in ("random bytes", "oversized length", "two hellos"):
+        with _open(port) as sock:
+            sock.sendall(GARBAGE[name])
+            data, closed = _read_to_eof(sock, 8)
+        assert closed, name
+        assert [e.code for e in _errors(data)] == ["protocol_error"], name
+    flood = [_open(port) for _ in range(channel_mod.MAX_UNAUTHENTICATED + 6)]
+    try:
+        results = _collect(flood, time.monotonic() + 3)
+        busy = [s for s, (d, t) in results.items() if t is not None and _errors(d)]
+        assert len(busy) >= 6
+        assert all([e.code for e in _errors(results[s][0])] == ["busy"] for s in busy)
+    finally:
+        for sock in flood:
+            sock.close()
+    assert daemon.running
+    # Once the flood's connections are gone (their slots free up as each EOF is read), it
+    # answers again.
+    answer = wait_for(lambda: master.try_status(port), 10, "the peer to answer after the flood")
+    assert answer["synced_version"] >= 1
 
 
 # -- timeouts at the channel level (in process, real loopback sockets) ---------------------------
