@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import gc
-import mmap
 import os
 import random
 import stat
@@ -239,10 +238,11 @@ def test_small_insertion_changes_at_most_three_chunks(
 # --- reading files safely -------------------------------------------------------------------
 
 
-def test_file_is_hashed_through_views_of_an_mmap(
+def test_file_is_hashed_through_views_of_the_read_buffer(
     base_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Zero-copy: every chunk is hashed from a memoryview into the map, never a bytes copy."""
+    """Zero-copy: every chunk is hashed from a memoryview into the reusable read buffer, never a
+    bytes copy, and never an mmap (a truncation under a map would kill us with SIGBUS)."""
     seen: list[tuple[type, type]] = []
     real = chunker.hash_chunk
 
@@ -253,7 +253,30 @@ def test_file_is_hashed_through_views_of_an_mmap(
     monkeypatch.setattr(chunker, "hash_chunk", spy)
     result = chunk_file(base_file)
     assert len(seen) == len(result.chunks)
-    assert set(seen) == {(memoryview, mmap.mmap)}
+    assert set(seen) == {(memoryview, bytearray)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    size=st.integers(min_value=1, max_value=300_000),
+    block_kib=st.sampled_from([4, 5, 8, 64]),
+    seed=st.integers(min_value=0, max_value=2**32),
+)
+def test_block_by_block_reading_cuts_exactly_like_one_buffer(
+    tmp_path_factory: pytest.TempPathFactory, size: int, block_kib: int, seed: int
+) -> None:
+    """Blocks of 4x max_size and up (block_kib * 1024 >= 4 * 1024): every cut, including those
+    right at a block boundary, equals the cut of the whole file in one buffer."""
+    params = ChunkParams(min_size=64, avg_size=256, max_size=1024)
+    data = random.Random(seed).randbytes(size)
+    path = tmp_path_factory.mktemp("blocks") / "f.bin"
+    path.write_bytes(data)
+    real = chunker.READ_BLOCK
+    chunker.READ_BLOCK = block_kib * 1024
+    try:
+        assert chunk_file(path, params).chunks == chunk_bytes(data, params)
+    finally:
+        chunker.READ_BLOCK = real
 
 
 def _past(path: Path) -> None:
@@ -294,6 +317,11 @@ def _delete(path: Path) -> None:
     path.unlink()
 
 
+def _truncate_to_half(path: Path) -> None:
+    # What killed the mmap-based chunker with SIGBUS; a read now just comes back short.
+    os.truncate(path, os.stat(path).st_size // 2)
+
+
 def _chmod(path: Path) -> None:
     os.chmod(path, 0o600 if stat.S_IMODE(os.stat(path).st_mode) != 0o600 else 0o640)
 
@@ -324,6 +352,7 @@ def _mutate_after_first_chunk(
         _overwrite_and_restore_mtime,
         _replace_by_rename,
         _delete,
+        _truncate_to_half,
         _chmod,
     ],
 )
@@ -364,7 +393,7 @@ def test_replacement_by_rename_is_caught_by_the_path_stat_alone(
 def test_error_mid_way_propagates_and_releases_the_map(
     base_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A failure while hashing surfaces as itself, not as BufferError from closing the mmap."""
+    """A failure while hashing surfaces as itself, not as BufferError from releasing the buffer."""
     real = chunker.hash_chunk
     calls = 0
 

@@ -16,6 +16,7 @@ from sift.peer.fetch import (
     Fetcher,
     FetchFailed,
     ManifestOutdated,
+    SourceHealth,
 )
 from sift.protocol.errors import ProtocolError
 from sift.protocol.messages import ChunkResponse
@@ -150,9 +151,9 @@ def sleeps(monkeypatch) -> list[float]:
     return recorded
 
 
-def fetcher_for(net: FakeNet, sink: Sink, seed: int = 1, lengths=None) -> Fetcher:
+def fetcher_for(net: FakeNet, sink: Sink, seed: int = 1, lengths=None, health=None) -> Fetcher:
     lengths = lengths if lengths is not None else {h: len(d) for h, d in net.data.items()}
-    return Fetcher(net, sink, lengths, rng=random.Random(seed))
+    return Fetcher(net, sink, lengths, rng=random.Random(seed), health=health)
 
 
 def assert_exactly_once(sink: Sink, wanted) -> None:
@@ -424,3 +425,133 @@ async def test_chaos_every_chunk_exactly_once(seed, sleeps):
     for peer_addr, peer in net.peers.items():
         if peer.mode in ("dead", "broken", "empty", "liar") and peer.lie_first is None:
             assert peer_addr not in stats.by_source
+
+
+# -- source health across syncs: demote, ban, expire -------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_health_demotes_then_bans_then_expires():
+    clock = FakeClock()
+    bans = []
+    health = SourceHealth(ban_seconds=60, clock=clock, on_ban=bans.append)
+    assert health.strike("p:1", "bad bytes") is None
+    assert health.is_demoted("p:1")
+    assert not health.is_banned("p:1")
+    for _ in range(BAD_CHUNKS_BEFORE_BAN - 2):
+        assert health.strike("p:1", "bad bytes") is None
+    ban = health.strike("p:1", "bad bytes")
+    assert ban is not None
+    assert bans == [ban]
+    assert health.is_banned("p:1")
+    assert health.banned() == ["p:1"]
+    assert health.snapshot() == [
+        {"addr": "p:1", "reason": "bad bytes", "until": clock.now + 60, "bad_chunks": 3}
+    ]
+    assert health.strike("p:1", "more") is None  # no double counting while banned
+    clock.now += 59.9
+    assert health.is_banned("p:1")
+    clock.now += 0.2
+    assert not health.is_banned("p:1")
+    assert not health.is_demoted("p:1")  # a fresh start
+    assert health.snapshot() == []
+
+
+async def test_ban_outlives_the_sync_and_expires(monkeypatch):
+    monkeypatch.setattr(fetch_mod, "BATCH_CHUNKS", 1)
+    monkeypatch.setattr(fetch_mod, "PEER_PARALLEL", 1)
+    clock = FakeClock()
+    health = SourceHealth(ban_seconds=300, clock=clock)
+    data = make_chunks(30)
+    hashes = list(data)
+    net = FakeNet(data)
+    liar = net.add_peer("liar:1", hashes, mode="liar")
+    first = hashes[:10]
+    await fetcher_for(net, Sink(), health=health).fetch(first)
+    assert health.banned() == ["liar:1"]
+    assert len(liar.calls) == BAD_CHUNKS_BEFORE_BAN
+
+    # The next sync never asks it, and tells the master to avoid it from the first request on.
+    net.master_calls.clear()
+    sink = Sink()
+    await fetcher_for(net, sink, health=health).fetch(hashes[10:20])
+    assert_exactly_once(sink, hashes[10:20])
+    assert len(liar.calls) == BAD_CHUNKS_BEFORE_BAN
+    assert all("liar:1" in avoid for _, avoid in net.master_calls)
+
+    # After the ban it is tried again (and, still lying, banned again).
+    clock.now += 301
+    sink = Sink()
+    await fetcher_for(net, sink, health=health).fetch(hashes[20:])
+    assert_exactly_once(sink, hashes[20:])
+    assert len(liar.calls) == 2 * BAD_CHUNKS_BEFORE_BAN
+    assert health.banned() == ["liar:1"]
+
+
+async def test_demoted_source_gets_one_request_at_a_time(monkeypatch):
+    monkeypatch.setattr(fetch_mod, "BATCH_CHUNKS", 1)
+    data = make_chunks(40)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    peer = net.add_peer("shaky:1", hashes, mode="liar", lie_first=1)
+    health = SourceHealth()
+    late = [0, 0]  # requests started after the demotion: in flight now, most at once
+    real_serve = peer.serve
+
+    async def counting_serve(batch):
+        demoted = health.is_demoted("shaky:1")
+        late[0] += demoted
+        late[1] = max(late[1], late[0])
+        try:
+            await _real_sleep(0.002)
+            return await real_serve(batch)
+        finally:
+            late[0] -= demoted
+
+    peer.serve = counting_serve
+    stats = await fetcher_for(net, sink, health=health).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert health.is_demoted("shaky:1")
+    assert not health.is_banned("shaky:1")
+    assert stats.from_peers == 39  # still used: demoted, not banned
+    assert late[1] == 1
+
+
+async def test_protocol_errors_count_against_a_source():
+    data = make_chunks(10)
+    hashes = list(data)
+    net = FakeNet(data)
+    net.add_peer("broken:1", hashes, mode="broken")
+    health = SourceHealth()
+    for _ in range(BAD_CHUNKS_BEFORE_BAN):
+        await fetcher_for(net, Sink(), health=health).fetch(hashes)
+    assert health.banned() == ["broken:1"]
+    assert health.snapshot()[0]["reason"].startswith("protocol error: garbage frame")
+
+
+async def test_master_naming_a_banned_source_is_not_followed():
+    """Even if the master ignores `avoid` and names a banned peer, it is not asked."""
+    data = make_chunks(10)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    liar = net.add_peer("liar:1", hashes, mode="liar")
+    health = SourceHealth()
+    for _ in range(BAD_CHUNKS_BEFORE_BAN):
+        health.strike("liar:1", "earlier sync")
+    real_ask = net.ask_master
+
+    async def ignoring_avoid(batch, avoid):
+        return await real_ask(batch, [])
+
+    net.ask_master = ignoring_avoid
+    with pytest.raises(TimeoutError):
+        # The master keeps redirecting to the liar forever; we keep refusing it, never asking.
+        await asyncio.wait_for(fetcher_for(net, sink, health=health).fetch(hashes), 0.3)
+    assert liar.calls == []

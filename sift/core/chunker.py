@@ -5,9 +5,16 @@ Design notes, so nobody has to re-measure them:
 * Cutting uses fastcdc's *compiled* module only. The package's ``__init__`` silently falls back
   to pure Python (~200x slower), which for a tool that rescans terabytes is a hang, not a
   degradation, so we refuse it loudly (:class:`ChunkerUnavailable`).
-* Files are mmapped and every chunk is hashed through a ``memoryview`` slice of the map:
-  slicing a memoryview is zero-copy, slicing the mmap itself would copy each chunk onto the
-  Python heap. Page-cache pages are not Python heap, so memory stays flat for any file size.
+* Files are read with ``preadv`` into one reusable buffer per thread (a few MiB), and every
+  chunk is cut and hashed through ``memoryview`` slices of it (zero-copy; slicing bytes would
+  copy each chunk). Not mmap: a file another process truncates under a map raises SIGBUS on
+  the next touch of a vanished page, which Python cannot catch, so one ``truncate`` of a watched
+  file would kill the master. A read just comes back short. Measured: the extra copy from the
+  page cache costs about as much as mmap's page faults did, so throughput is unchanged.
+* Reading block by block keeps the cut identical to cutting the whole file at once: FastCDC
+  decides each cut from at most ``max_size`` bytes after the chunk's start, so a chunk is taken
+  only when that many bytes (or the end of the file) are in the buffer; the rest of the block
+  moves to the front and is cut again with the next block.
 * Cutting and hashing run serially on one thread. blake3 does release the GIL, but fastcdc_cy
   holds it for the whole cut, so a hashing thread waits out the interpreter's switch interval
   on every chunk: measured, a one-worker pipeline was ~10% *slower* than serial.
@@ -22,6 +29,7 @@ import mmap
 import os
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +47,7 @@ __all__ = [
 ]
 
 _FASTCDC_MODULE = "fastcdc.fastcdc_cy"
+READ_BLOCK = 4 * 1024 * 1024  # bytes read per step; at least 4x max_size is used (see below)
 
 Buffer = bytes | bytearray | memoryview
 
@@ -150,15 +159,15 @@ def _identity(st: os.stat_result) -> tuple[int, ...]:
 
 
 def chunk_file(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAMS) -> FileChunks:
-    """Chunk a regular file read through an mmap, and prove it did not change meanwhile.
+    """Chunk a regular file, read block by block, and prove it did not change meanwhile.
 
     The fd's fstat before reading is compared with its fstat after, and with ``os.stat(path)``
-    after (catches the file being replaced by rename or deleted); any difference raises
-    :class:`UnstableFileError`, never a list mixing old and new content.
+    after (catches the file being replaced by rename or deleted); any difference, or a read that
+    comes back short because the file was truncated, raises :class:`UnstableFileError`, never a
+    list mixing old and new content.
 
     Raises ``OSError`` (EINVAL) for anything but a regular file, and the usual ``OSError`` for
-    a missing or unreadable path. Known limit of mmap: if another process *truncates* the file
-    while it is being read, touching the vanished pages raises SIGBUS and the process dies.
+    a missing or unreadable path.
     """
     load_fastcdc()  # fail before touching the file system
     fspath = os.fspath(path)
@@ -169,7 +178,7 @@ def chunk_file(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAM
         if not stat.S_ISREG(before.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", fspath)
         chunks: tuple[Chunk, ...] = ()
-        if before.st_size:  # mmap refuses length 0; an empty file has no chunks
+        if before.st_size:
             chunks = _chunk_fd(fd, before.st_size, params, fspath)
         after = os.fstat(fd)
         try:
@@ -190,17 +199,59 @@ def chunk_file(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAM
     )
 
 
+_buffers = threading.local()
+
+
+def _read_buffer(size: int) -> bytearray:
+    """This thread's reusable read buffer, grown to at least ``size`` bytes. Reusing it spares
+    allocating (and zeroing) megabytes per file when a scan walks many small files."""
+    buf: bytearray | None = getattr(_buffers, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(size)
+        _buffers.buf = buf
+    return buf
+
+
 def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chunk, ...]:
-    """Map exactly ``size`` bytes of ``fd`` (the size we recorded) and chunk them."""
-    try:
-        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-    except ValueError as exc:  # "mmap length is greater than file size": it shrank since fstat
-        raise UnstableFileError(fspath) from exc
-    try:
-        if hasattr(mmap, "MADV_SEQUENTIAL"):
-            # Bigger readahead on cold files, and pages behind us are cheap to reclaim.
-            mm.madvise(mmap.MADV_SEQUENTIAL)
-        with memoryview(mm) as view:
-            return _chunk_view(view, params)
-    finally:
-        mm.close()  # every memoryview of it is released by now, so this cannot BufferError
+    """Read exactly ``size`` bytes of ``fd`` (the size we recorded) block by block, cutting
+    and hashing as they arrive."""
+    cut = load_fastcdc()
+    hash_ = hash_chunk  # looked up per call (tests wrap it), not per chunk
+    max_size = params.max_size
+    block = min(size, max(READ_BLOCK, 4 * max_size))
+    buf = _read_buffer(block)
+    if hasattr(os, "posix_fadvise"):
+        # Bigger readahead on cold files (what MADV_SEQUENTIAL did for the old mmap).
+        os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
+    chunks: list[Chunk] = []
+    append = chunks.append
+    filled = 0  # bytes at the front of buf not yet cut into accepted chunks
+    read = 0  # bytes of the file read so far
+    with memoryview(buf) as whole:
+        while True:
+            while filled < block and read < size:
+                with whole[filled : min(block, filled + size - read)] as room:
+                    n = os.preadv(fd, [room], read)
+                if n == 0:  # the file is shorter than its fstat said: truncated under us
+                    raise UnstableFileError(fspath)
+                filled += n
+                read += n
+            at_end = read == size
+            taken = 0
+            with whole[:filled] as data:
+                spans = cut(data, params.min_size, params.avg_size, max_size)
+                try:
+                    for span in spans:
+                        start = span.offset
+                        if not at_end and filled - start < max_size:
+                            break  # this cut could move once more bytes are in: redo it
+                        length = span.length
+                        with data[start : start + length] as piece:
+                            append(Chunk(hash_(piece), length))
+                        taken = start + length
+                finally:
+                    spans.close()  # release fastcdc's views of buf before it is moved
+            if at_end:
+                return tuple(chunks)
+            buf[: filled - taken] = buf[taken:filled]  # same-size slice copy: no resize
+            filled -= taken

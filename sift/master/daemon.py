@@ -27,7 +27,6 @@ from sift.control.config_edit import ConfigChange
 from sift.control.service import ControlService
 from sift.core.manifest import (
     Manifest,
-    ManifestDelta,
     diff,
     encode_delta,
     encode_manifest,
@@ -36,7 +35,7 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
 from sift.metrics import RateTable
-from sift.net.channel import HANDSHAKE_TIMEOUT, Channel, accept
+from sift.net.channel import HANDSHAKE_TIMEOUT, Channel, HandshakeLimit, accept
 from sift.net.tasks import run_until_stopped
 from sift.net.tls import node_tls
 from sift.protocol import ProtocolError
@@ -61,7 +60,6 @@ from sift.state import ManifestStore, ScanCache, db_path, open_db
 log = logging.getLogger("sift.master")
 
 UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it was hashed
-MAX_UNAUTHENTICATED = 64  # handshakes in progress at once; more are refused at accept
 HOLDINGS_EVENT_INTERVAL = 0.5  # seconds between peer.holdings events for one peer
 RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
@@ -113,7 +111,7 @@ class MasterDaemon:
         )
         self.bus = self.control.bus
         self.rates: RateTable = self.control.rates
-        self._handshakes = 0
+        self._handshakes = HandshakeLimit()
         self.bytes_sent = 0
         self.chunks_sent = 0
         self.server: asyncio.Server | None = None
@@ -313,10 +311,6 @@ class MasterDaemon:
     # -- connections ------------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        if self._handshakes >= MAX_UNAUTHENTICATED:
-            writer.close()
-            return
-        self._handshakes += 1
         peer = writer.get_extra_info("peername") or ("?", 0)
         try:
             channel = await accept(
@@ -327,13 +321,12 @@ class MasterDaemon:
                 lambda: self.current.version,
                 max_frame_size=self.config.max_frame_size,
                 tls=self.tls.server if self.tls else None,
+                limit=self._handshakes,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
             return
-        finally:
-            self._handshakes -= 1
         hello = channel.hello
         addr = ""
         if hello.role == "peer":
@@ -427,9 +420,8 @@ class MasterDaemon:
                     self._deltas[key] = data
             if data is not None:
                 return ManifestResponse(msg.req_id, current.version, since, data)
-        if since == current.version:
-            empty = ManifestDelta(since, since, current.params, (), ())
-            return ManifestResponse(msg.req_id, current.version, since, encode_delta(empty))
+        # A peer already at the current version gets the whole manifest too: there is no empty
+        # delta (a delta must move forward; encoding one failed, and the peer retried forever).
         data = self._encoded.get(current.version)
         if data is None:
             data = self._encoded[current.version] = encode_manifest(current)

@@ -48,8 +48,11 @@ HANDSHAKE_TIMEOUT = 10.0  # an unauthenticated connection gets this long to prov
 REQUEST_TIMEOUT = 60.0
 IDLE_TIMEOUT = 90.0  # nothing heard for this long (pings included): the peer is gone
 PING_INTERVAL = 20.0
+SEND_TIMEOUT = 60.0  # a peer that takes none of our bytes for this long is stuck: drop it
+MAX_UNREAD_PONGS = 1 << 20  # no pong while this much is queued (a pinger that never reads)
 READ_SIZE = 1 << 20
 MAX_CONCURRENT_REQUESTS = 32  # per connection: a flood of requests waits, it does not pile up
+MAX_UNAUTHENTICATED = 64  # handshakes in progress at once per listener; more are refused
 
 REQUESTS = (ManifestRequest, ChunkRequest, PeerListRequest, StatusRequest)
 RESPONSES = (ManifestResponse, ChunkResponse, PeerListResponse, StatusResponse)
@@ -116,7 +119,11 @@ class Channel:
         data = self.conn.send(msg)
         self.bytes_out += len(data)
         self.writer.write(data)
-        await self.writer.drain()
+        try:
+            await asyncio.wait_for(self.writer.drain(), SEND_TIMEOUT)
+        except TimeoutError:
+            self._abort(f"it took none of our bytes for {SEND_TIMEOUT:g}s")
+            raise ChannelClosed(f"connection to {self.peer_node_id} is stuck") from None
 
     async def request(self, msg: Message, timeout: float = REQUEST_TIMEOUT) -> Message:
         """Send a request (its req_id is filled in here) and wait for the matching response."""
@@ -175,7 +182,11 @@ class Channel:
         if isinstance(msg, Ping):
             # No drain here: the reader must never wait on our own send buffer, or two sides
             # that both stopped reading while writing would wait on each other forever.
-            if not self.closed:
+            if self.closed:
+                return
+            # A peer that pings but reads nothing would grow our buffer without bound; while
+            # much is queued it gets no pong (our queued bytes prove we are alive anyway).
+            if self.writer.transport.get_write_buffer_size() <= MAX_UNREAD_PONGS:
                 self.writer.write(self.conn.send(Pong(msg.token)))
             return
         if isinstance(msg, Pong):
@@ -236,6 +247,13 @@ class Channel:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 2.0)
 
+    def _abort(self, why: str) -> None:
+        """Drop a peer that stopped reading, at once: a graceful close would wait on the very
+        buffer it does not drain. The reader then ends and serve() cleans up."""
+        log.warning("%s: dropping the connection: %s", self.describe(), why)
+        self._close_reason = f"stuck: {why}"
+        self.writer.transport.abort()
+
     def describe(self) -> str:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
 
@@ -251,6 +269,22 @@ CLOSED_BEFORE_PLAIN_HANDSHAKE = (
     "connection closed during the handshake (a node with TLS on closes plain connections like "
     "this: is TLS on over there?)"
 )
+
+
+class HandshakeLimit:
+    """Caps the handshakes in progress at once on one listener, so connections that never
+    authenticate (each may hold a socket and a buffer for HANDSHAKE_TIMEOUT) cannot pile up."""
+
+    def __init__(self, limit: int = MAX_UNAUTHENTICATED):
+        self.limit = limit
+        self.active = 0
+
+
+async def _refuse(writer: asyncio.StreamWriter, conn: Connection, code: str, text: str) -> None:
+    """Tell an unauthenticated client why it is being dropped (one Error frame), best effort."""
+    with contextlib.suppress(Exception):
+        writer.write(conn.send(Error(None, code, text)))
+        await asyncio.wait_for(writer.drain(), 1.0)
 
 
 async def _drive_handshake(
@@ -386,17 +420,37 @@ async def accept(
     manifest_version: Callable[[], int],
     *,
     max_frame_size: int | None = None,
-    timeout: float = HANDSHAKE_TIMEOUT,
+    timeout: float | None = None,
+    limit: HandshakeLimit | None = None,
     tls: ServerTLS | None = None,
 ) -> Channel:
     """Server side of the handshake on a freshly accepted connection. With ``tls`` (the
-    listener's TLS, whose handshake asyncio already did) the proofs are bound to the session."""
+    listener's TLS, whose handshake asyncio already did) the proofs are bound to the session.
+    A client that has not authenticated within `timeout` (default HANDSHAKE_TIMEOUT), or
+    arrives while `limit` handshakes are already running, gets an Error frame and TimeoutError
+    / ConnectionRefusedError.
+    """
+    timeout = HANDSHAKE_TIMEOUT if timeout is None else timeout
     kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
     binding = _binding(writer, tls.cert_der) if tls is not None else b""
     conn = Connection(Role.SERVER, psk, node_id, channel_binding=binding, **kwargs)
-    hello = await asyncio.wait_for(
-        _drive_handshake(reader, writer, conn, tls=tls is not None), timeout
-    )
+    if limit is not None and limit.active >= limit.limit:
+        text = f"too many connections authenticating at once (limit {limit.limit}); retry later"
+        await _refuse(writer, conn, "busy", text)
+        raise ConnectionRefusedError(text)
+    if limit is not None:
+        limit.active += 1
+    try:
+        hello = await asyncio.wait_for(
+            _drive_handshake(reader, writer, conn, tls=tls is not None), timeout
+        )
+    except TimeoutError:
+        text = f"handshake not completed within {timeout:g}s"
+        await _refuse(writer, conn, "timeout", text)
+        raise TimeoutError(text) from None
+    finally:
+        if limit is not None:
+            limit.active -= 1
     assert isinstance(hello, Hello)
     peer = writer.get_extra_info("peername") or ("?", 0)
     writer.write(conn.accept(manifest_version(), f"{peer[0]}:{peer[1]}"))

@@ -32,13 +32,14 @@ from sift.net.channel import (
     HANDSHAKE_TIMEOUT,
     Channel,
     ChannelClosed,
+    HandshakeLimit,
     RemoteError,
     accept,
     connect,
 )
 from sift.net.tasks import run_until_stopped
 from sift.net.tls import TLSError, node_tls
-from sift.peer.fetch import FetchFailed, ManifestOutdated
+from sift.peer.fetch import FetchFailed, ManifestOutdated, SourceHealth
 from sift.peer.sync import LocalChunks, Syncer, SyncProgress
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.protocol.messages import (
@@ -63,6 +64,7 @@ BACKOFF_MAX = 10.0
 SERVE_WAIT = 15.0  # how long a request for a chunk we are still fetching may wait for it
 PROGRESS_REPORT_INTERVAL = 0.5
 PEER_REQUEST_TIMEOUT = 30.0
+WRITE_RETRY_MAX = 5.0  # a full or failing disk is retried this often, so a sync resumes soon
 
 
 class NotOurDirectory(Exception):
@@ -100,6 +102,8 @@ class PeerDaemon:
         self.node_id = node_id
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
+        self.source_health = SourceHealth(on_ban=self._banned)
+        self._handshakes = HandshakeLimit()
         self.syncer = Syncer(
             self.local_dir,
             self.cache,
@@ -119,6 +123,7 @@ class PeerDaemon:
         self.server: asyncio.Server | None = None
         self.bound_port = 0
         self.last_sync: dict | None = None
+        self.write_error: str | None = None
         self.syncing = False
         self.control = ControlService(
             "peer",
@@ -284,6 +289,10 @@ class PeerDaemon:
             try:
                 await self._sync_once()
                 failures = 0
+                if self.write_error is not None:
+                    log.info("sync resumed: writing to %s works again", self.local_dir)
+                    self.bus.publish("sync.resumed", after=self.write_error)
+                    self.write_error = None
             except ManifestOutdated as exc:
                 log.info("manifest moved on during the sync (%s); syncing again", exc)
                 self._sync_needed.set()
@@ -294,13 +303,21 @@ class PeerDaemon:
             except (ManifestError, FetchFailed, ProtocolError) as exc:
                 failures += 1
                 log.error("sync failed: %s", exc)
+                self.bus.publish("sync.failed", error=str(exc))
                 self._sync_needed.set()
                 await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
             except OSError as exc:
                 failures += 1
-                log.error("sync failed writing %s: %s", self.local_dir, exc.strerror or exc)
+                message = f"sync failed writing {self.local_dir}: {exc.strerror or exc}"
+                # One line per distinct problem, not one per retry of a disk that stays full.
+                if message != self.write_error:
+                    log.error("%s", message)
+                    self.bus.publish("sync.failed", error=message)
+                else:
+                    log.debug("%s", message)
+                self.write_error = message
                 self._sync_needed.set()
-                await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
+                await asyncio.sleep(min(BACKOFF_START * 2**failures, WRITE_RETRY_MAX))
             except Exception:
                 failures += 1
                 log.exception("sync failed unexpectedly; retrying")
@@ -347,6 +364,9 @@ class PeerDaemon:
         self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()
         await self._send_holdings(full=True)
+
+    def _banned(self, ban) -> None:
+        self.bus.publish("source.banned", **ban.as_dict())
 
     def _sync_started(self, progress: SyncProgress) -> None:
         data = progress.to_dict()
@@ -452,6 +472,7 @@ class PeerDaemon:
                 lambda: self.synced_version,
                 max_frame_size=self.config.max_frame_size,
                 tls=self.tls.server if self.tls else None,
+                limit=self._handshakes,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
@@ -524,6 +545,8 @@ class PeerDaemon:
             "bytes": m.total_bytes if m else 0,
             "chunks_held": len(self.chunks.locations),
             "last_sync": self.last_sync,
+            "banned_sources": self.source_health.snapshot(),
+            "last_error": self.write_error,
             "progress": self.progress(),
             "bytes_from_peers": self.bytes_from_peers,
             "bytes_to_peers": self.bytes_to_peers,

@@ -5,6 +5,12 @@ data at once ask for different chunks first). The master answers each batch with
 sends itself plus "fetch these from peer P" for the rest; those go to per-peer queues. A source
 that fails or serves bad bytes is avoided for that chunk, and the chunk goes back to the master
 with the avoid list, so the master points elsewhere or sends it itself. Every loop is bounded.
+
+A source that serves bytes that fail verification (wrong, truncated, or not what it claimed to
+hold) or breaks the protocol is remembered across syncs in :class:`SourceHealth`: after one bad
+chunk it is demoted (one request in flight at a time, so it cannot waste much), after three it is
+banned for a while (named in every `avoid` list; its queued work goes to the master). Bans
+expire, so a peer whose disk was repaired is used again.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +34,8 @@ MASTER_PARALLEL = 4  # requests in flight to the master
 PEER_PARALLEL = 4  # requests in flight to each peer
 MAX_STALE_ROUNDS = 20  # the master said "stale" this many times: give up this sync
 BAD_CHUNKS_BEFORE_BAN = 3
+BAN_SECONDS = 300.0  # how long a lying source is not asked (then it gets a fresh start)
+DEMOTED_PARALLEL = 1  # requests in flight to a source that served one bad chunk
 
 
 class ManifestOutdated(Exception):
@@ -35,6 +44,84 @@ class ManifestOutdated(Exception):
 
 class FetchFailed(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Ban:
+    addr: str
+    reason: str
+    until: float  # wall-clock time (time.time()) the ban ends
+    bad_chunks: int
+
+    def as_dict(self) -> dict:
+        return {
+            "addr": self.addr,
+            "reason": self.reason,
+            "until": round(self.until, 3),
+            "bad_chunks": self.bad_chunks,
+        }
+
+
+class SourceHealth:
+    """Strikes against peer sources, kept across syncs: demoted after one, banned after
+    `BAD_CHUNKS_BEFORE_BAN` for `ban_seconds`. `on_ban` is called with each new Ban."""
+
+    def __init__(
+        self,
+        *,
+        ban_seconds: float = BAN_SECONDS,
+        clock: Callable[[], float] = time.time,
+        on_ban: Callable[[Ban], None] | None = None,
+    ):
+        self.ban_seconds = ban_seconds
+        self.clock = clock
+        self.on_ban = on_ban
+        self._strikes: dict[str, int] = {}
+        self._bans: dict[str, Ban] = {}
+
+    def strike(self, addr: str, reason: str) -> Ban | None:
+        """Count one bad chunk (or protocol error) against `addr`; returns the Ban if this
+        strike banned it."""
+        if self.is_banned(addr):
+            return None
+        count = self._strikes.get(addr, 0) + 1
+        self._strikes[addr] = count
+        if count < BAD_CHUNKS_BEFORE_BAN:
+            log.warning("demoting source %s: %s (%d bad so far)", addr, reason, count)
+            return None
+        ban = Ban(addr, reason, self.clock() + self.ban_seconds, count)
+        self._bans[addr] = ban
+        self._strikes.pop(addr, None)
+        log.warning(
+            "banning source %s for %.0fs after %d bad chunk(s): %s",
+            addr,
+            self.ban_seconds,
+            count,
+            reason,
+        )
+        if self.on_ban is not None:
+            self.on_ban(ban)
+        return ban
+
+    def is_banned(self, addr: str) -> bool:
+        ban = self._bans.get(addr)
+        if ban is None:
+            return False
+        if self.clock() >= ban.until:
+            del self._bans[addr]  # served its time: a fresh start
+            log.info("ban on source %s expired", addr)
+            return False
+        return True
+
+    def is_demoted(self, addr: str) -> bool:
+        return addr in self._strikes
+
+    def banned(self) -> list[str]:
+        return sorted(a for a in list(self._bans) if self.is_banned(a))
+
+    def snapshot(self) -> list[dict]:
+        """Current bans, for status: address, reason, until (epoch seconds), bad chunks."""
+        return [self._bans[a].as_dict() for a in self.banned()]
 
 
 class ChunkSource(Protocol):
@@ -80,17 +167,23 @@ class Fetcher:
         lengths: Mapping[bytes, int],
         *,
         rng: random.Random | None = None,
+        health: SourceHealth | None = None,
     ):
         self.source = source
         self.sink = sink
         self.lengths = lengths
         self.rng = rng or random.Random()
+        # Strikes outlive one sync: the daemon (our ChunkSource) keeps them as source_health.
+        if health is None:
+            health = getattr(source, "source_health", None)
+        self.health: SourceHealth = health if health is not None else SourceHealth()
         self.stats = FetchStats()
 
     async def fetch(self, hashes: Iterable[bytes]) -> FetchStats:
         order = list(dict.fromkeys(hashes))
         self.rng.shuffle(order)
         work = _Work(pending=set(order), master_queue=deque(order))
+        work.banned.update(self.health.banned())
         tasks: dict[asyncio.Task, str] = {}
         try:
             while work.pending:
@@ -130,8 +223,12 @@ class Fetcher:
             if not batch:
                 break
             self._launch(self._from_master(batch, work), self.MASTER, work, tasks)
-        for addr, queue in work.peer_queues.items():
-            while queue and work.active.get(addr, 0) < PEER_PARALLEL:
+        for addr, queue in list(work.peer_queues.items()):
+            if addr in work.banned or self.health.is_banned(addr):
+                self._give_up_on(addr, [], work, ban=True)  # its queue goes to the master
+                continue
+            parallel = DEMOTED_PARALLEL if self.health.is_demoted(addr) else PEER_PARALLEL
+            while queue and work.active.get(addr, 0) < parallel:
                 batch = self._take_batch(queue, work)
                 if not batch:
                     break
@@ -151,7 +248,12 @@ class Fetcher:
             raise ManifestOutdated(f"the master no longer has {len(response.missing)} chunk(s)")
         await self._accept(response.chunks, batch, self.MASTER, work)
         for chunk, addr in response.elsewhere:
-            if chunk in work.pending:
+            if chunk not in work.pending:
+                continue
+            if addr in work.banned:  # a master ignoring `avoid`: never from a banned source
+                work.avoid.setdefault(chunk, set()).add(addr)
+                work.master_queue.append(chunk)
+            else:
                 work.peer_queues.setdefault(addr, deque()).append(chunk)
         if response.stale:
             work.stale_rounds += 1
@@ -174,6 +276,7 @@ class Fetcher:
             return
         except Exception as exc:  # a protocol error from a misbehaving peer
             log.warning("peer %s failed: %s; asking the master for its share", addr, exc)
+            self.health.strike(addr, f"protocol error: {exc}"[:200])
             self._give_up_on(addr, batch, work, ban=True)
             return
         await self._accept(response.chunks, batch, addr, work)
@@ -218,7 +321,8 @@ class Fetcher:
                         raise FetchFailed("chunks from the master keep failing verification")
                 else:
                     work.bad[source] = work.bad.get(source, 0) + 1
-                    if work.bad[source] >= BAD_CHUNKS_BEFORE_BAN:
+                    self.health.strike(source, "served bytes that fail verification")
+                    if work.bad[source] >= BAD_CHUNKS_BEFORE_BAN or self.health.is_banned(source):
                         self._give_up_on(source, [], work, ban=True)
                     work.avoid.setdefault(chunk, set()).add(source)
                 work.master_queue.append(chunk)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sift.control.client import ControlClient
 from sift.status import fetch_status
 
 PSK = "integration-test-key"
@@ -124,6 +125,15 @@ class Daemon:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
+async def event_history(socket: Path) -> list[dict]:
+    async with await ControlClient.connect(socket) as client:
+        last = await client.subscribe(since=0)
+        events = []
+        while not events or events[-1]["id"] < last:
+            events.append(await asyncio.wait_for(client.next_event(), 5))
+        return [e for e in events if e["type"] != "gap"]
+
+
 class Cluster:
     def __init__(self, base: Path, psk: str = PSK):
         self.base = base
@@ -189,6 +199,10 @@ class Cluster:
 
     def peer_socket(self, index: int) -> Path:
         return self.peers[index][1] / ".sift" / "state" / "control.sock"
+
+    def events(self, socket: Path) -> list[dict]:
+        """Every event the daemon behind ``socket`` still holds (its replay history)."""
+        return asyncio.run(event_history(socket))
 
     def try_status(self, port: int | None = None) -> dict | None:
         try:

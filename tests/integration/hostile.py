@@ -1,0 +1,183 @@
+"""Hostile nodes for integration tests: a peer that lies about chunks, a master that serves a
+poisoned manifest. They speak the real protocol (sift.net.channel, real handshake) from a loop
+thread inside the test process, so the real daemons under test cannot tell them from the real
+thing until the bytes are checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any
+
+import msgpack
+
+from sift.core.manifest import decode_manifest
+from sift.net.channel import Channel, accept, connect
+from sift.protocol.messages import (
+    ChunkRequest,
+    ChunkResponse,
+    Error,
+    HoldingsReport,
+    ManifestRequest,
+    ManifestResponse,
+    Message,
+    StatusRequest,
+    StatusResponse,
+)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread; `run()` schedules a coroutine on it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="hostile", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Future:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 30.0) -> Any:
+        return self.run(coro).result(timeout)
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.call(cancel_all(), 10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class LyingPeer:
+    """Joins the master as a peer, claims to hold every chunk of the current manifest, and
+    answers chunk requests with bad bytes.
+
+    mode: "wrong" (same length, other bytes), "truncated" (one byte short), "foreign" (someone
+    else's chunk bytes under the requested hash).
+    """
+
+    def __init__(self, master_port: int, psk: bytes, mode: str = "wrong") -> None:
+        self.master_port = master_port
+        self.psk = psk
+        self.mode = mode
+        self.port = 0
+        self.requests = 0
+        self.chunks_lied = 0
+        self.master: Channel | None = None
+        self.server: asyncio.Server | None = None
+        self.claimed: tuple[bytes, ...] = ()
+        self._serving: asyncio.Future | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> LyingPeer:
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.master = await connect(
+            "127.0.0.1",
+            self.master_port,
+            self.psk,
+            "liar-" + self.mode,
+            node_role="peer",
+            listen_port=self.port,
+        )
+        self._serving = asyncio.ensure_future(self.master.serve(self._from_master))
+        response = await self.master.request(ManifestRequest(0, None))
+        assert isinstance(response, ManifestResponse)
+        manifest = decode_manifest(response.data)
+        self.claimed = tuple(manifest.chunk_hashes())
+        await self.master.send(HoldingsReport(manifest.version, True, self.claimed, ()))
+        return self
+
+    async def _from_master(self, channel: Channel, msg: Message) -> Message | None:
+        if isinstance(msg, StatusRequest):
+            return StatusResponse(msg.req_id, "{}")
+        return None
+
+    async def _on_connect(self, reader, writer) -> None:
+        try:
+            channel = await accept(reader, writer, self.psk, "liar-" + self.mode, lambda: 1)
+        except Exception:
+            writer.close()
+            return
+        await channel.serve(self._serve)
+
+    async def _serve(self, channel: Channel, msg: Message) -> Message | None:
+        if not isinstance(msg, ChunkRequest):
+            return Error(getattr(msg, "req_id", None), "unexpected", "liar")
+        self.requests += 1
+        chunks = []
+        for i, digest in enumerate(msg.hashes):
+            filler = bytes([i % 251]) * 70_000
+            if self.mode == "truncated":
+                data = filler[:69_999]
+            elif self.mode == "foreign":
+                data = digest * 100  # plausible bytes, but they hash to something else
+            else:
+                data = filler
+            chunks.append((digest, data))
+            self.chunks_lied += 1
+        return ChunkResponse(msg.req_id, tuple(chunks), (), (), ())
+
+    async def stop(self) -> None:
+        if self.master is not None:
+            await self.master.close("liar leaving")
+        if self.server is not None:
+            self.server.close()
+
+
+class PoisonMaster:
+    """Accepts peers with the real handshake and serves them `manifest_bytes` as the whole
+    manifest (version 1); any chunk request gets filler bytes. Counts manifest requests."""
+
+    def __init__(self, psk: bytes, manifest_bytes: bytes) -> None:
+        self.psk = psk
+        self.manifest_bytes = manifest_bytes
+        self.port = 0
+        self.manifest_requests = 0
+        self.chunk_requests = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> PoisonMaster:
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _on_connect(self, reader, writer) -> None:
+        try:
+            channel = await accept(reader, writer, self.psk, "poison-master", lambda: 1)
+        except Exception:
+            writer.close()
+            return
+        await channel.serve(self._serve)
+
+    async def _serve(self, channel: Channel, msg: Message) -> Message | None:
+        if isinstance(msg, ManifestRequest):
+            self.manifest_requests += 1
+            return ManifestResponse(msg.req_id, 1, None, self.manifest_bytes)
+        if isinstance(msg, ChunkRequest):
+            self.chunk_requests += 1
+            return ChunkResponse(msg.req_id, tuple((h, b"x" * 100) for h in msg.hashes), (), (), ())
+        if isinstance(msg, HoldingsReport):
+            return None
+        return Error(getattr(msg, "req_id", None), "unexpected", "poison master")
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
