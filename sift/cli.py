@@ -18,6 +18,8 @@ import uvloop
 
 from sift import __version__
 from sift.config import Address, ConfigError, load_master_config, load_peer_config
+from sift.control.client import ControlClosed, ControlError, control_call
+from sift.control.server import SocketInUse
 from sift.demo import run_demo
 from sift.master.daemon import MasterDaemon
 from sift.peer.daemon import NotOurDirectory, PeerDaemon
@@ -59,17 +61,26 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def _run_daemon(load: Callable[[str], object], make: Callable[[object], object], path: str) -> int:
+def _run_daemon(
+    load: Callable[[str], object],
+    make: Callable[[object], object],
+    path: str,
+    log_level: str | None,
+) -> int:
     """Load the config and build the daemon (one-line error, exit 2, on a bad config or state),
     then run it until SIGINT/SIGTERM. Binding happens first in `run`, so an OSError before the
     daemon is listening is a bad bind address (port in use, address not local)."""
     try:
         config = load(path)
+        if log_level is None:  # no --log-level: the config's log_level decides
+            logging.getLogger().setLevel(config.log_level.upper())
         daemon = make(config)
     except (ConfigError, StateError, NotOurDirectory) as exc:
         return _fail(str(exc), EXIT_USAGE)
     try:
         run_until_signalled(daemon.run)
+    except SocketInUse as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         if daemon.server is None:
             return _fail(f"cannot listen on {config.bind_addr}: {exc.strerror or exc}", EXIT_USAGE)
@@ -78,14 +89,18 @@ def _run_daemon(load: Callable[[str], object], make: Callable[[object], object],
 
 
 def cmd_master_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_master_config, MasterDaemon, args.config)
+    return _run_daemon(load_master_config, MasterDaemon, args.config, args.log_level)
 
 
 def cmd_peer_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_peer_config, PeerDaemon, args.config)
+    return _run_daemon(load_peer_config, PeerDaemon, args.config, args.log_level)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.control is not None:
+        return _status_from_socket(args.control, args.json)
+    if args.master is None:
+        return _fail("say which daemon: --master HOST:PORT or --control SOCKET", EXIT_USAGE)
     psk = args.psk if args.psk is not None else os.environ.get("SIFT_PSK")
     if not psk:
         return _fail("no pre-shared key: pass --psk or set SIFT_PSK", EXIT_USAGE)
@@ -107,6 +122,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status_from_socket(path: str, as_json: bool) -> int:
+    try:
+        status = asyncio.run(control_call(path, "status"))
+    except FileNotFoundError:
+        return _fail(f"no control socket at {path} (is the daemon running?)")
+    except ConnectionRefusedError:
+        return _fail(f"nothing listens on {path} (the daemon is not running)")
+    except PermissionError:
+        return _fail(f"not allowed to open {path} (run as the daemon's user)")
+    except ControlError as exc:
+        return _fail(f"{path}: {exc.message}")
+    except (ControlClosed, OSError, TimeoutError) as exc:
+        return _fail(f"{path}: {exc}")
+    print(to_json(status) if as_json else format_status(status))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(peers=args.peers, base_dir=args.dir, size_mb=args.size_mb)
 
@@ -119,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sift {__version__}")
     parser.add_argument(
         "--log-level",
-        default="info",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr (default: info)",
+        help="log verbosity on stderr (default: the config's log_level, else info)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -137,9 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--config", required=True, help="path to peer.toml")
     start.set_defaults(func=cmd_peer_start)
 
-    status = sub.add_parser("status", help="show a master's manifest and peers")
-    status.add_argument("--master", required=True, metavar="HOST:PORT")
-    status.add_argument("--psk", help="pre-shared key (default: $SIFT_PSK)")
+    status = sub.add_parser(
+        "status", help="show a master's manifest and peers, or a daemon's state"
+    )
+    which = status.add_mutually_exclusive_group(required=True)
+    which.add_argument("--master", metavar="HOST:PORT", help="ask a master over the network")
+    which.add_argument(
+        "--control", metavar="SOCKET", help="ask the local daemon behind this control socket"
+    )
+    status.add_argument("--psk", help="pre-shared key for --master (default: $SIFT_PSK)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
 
@@ -156,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level or "info")
     return args.func(args)
 
 

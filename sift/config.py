@@ -49,6 +49,8 @@ DEFAULT_PEER_PORT = 7778
 DEFAULT_RESCAN_INTERVAL = 300.0
 DEFAULT_DEBOUNCE_MS = 200
 DEFAULT_MAX_FRAME_SIZE = 64 * MiB
+DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 # Below this a frame cannot carry a useful batch of chunks; the check catches unit mistakes
 # ("64" meaning MiB).
 MIN_FRAME_SIZE = 64 * KiB
@@ -143,6 +145,7 @@ class MasterConfig:
     rescan_interval: float = DEFAULT_RESCAN_INTERVAL
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    log_level: str = DEFAULT_LOG_LEVEL
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -165,6 +168,7 @@ class PeerConfig:
     advertise_addr: Address | None = None
     adopt: bool = False
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    log_level: str = DEFAULT_LOG_LEVEL
     config_path: Path | None = None
 
     def __repr__(self) -> str:  # never print the key into a log
@@ -199,6 +203,10 @@ _PSK_FILE_DESC = (
     "or others. Exactly one of `psk` and `psk_file` is required."
 )
 _FRAME_DESC = "Largest protocol frame accepted or sent, in bytes."
+_LOG_DESC = (
+    "Log verbosity on stderr: `debug`, `info`, `warning` or `error`. `sift --log-level` "
+    "overrides it; a change through the control socket applies at once."
+)
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
     # master
@@ -252,6 +260,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "master", "max_frame_size", "integer", False, "67108864",
         _FRAME_DESC + " Must exceed `chunk_max_size`.", "67108864",
     ),
+    ConfigKey("master", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
     # peer
     ConfigKey(
         "peer", "master_addr", "address", True, "",
@@ -297,6 +306,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "peer", "max_frame_size", "integer", False, "67108864",
         _FRAME_DESC + " Must exceed the master's `chunk_max_size`.", "67108864",
     ),
+    ConfigKey("peer", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
 )  # fmt: skip
 
 MASTER_KEYS: dict[str, ConfigKey] = {k.name: k for k in CONFIG_KEYS if k.role == "master"}
@@ -378,6 +388,7 @@ def master_config_from_dict(
         rescan_interval=rescan_interval,
         debounce_ms=debounce_ms,
         max_frame_size=max_frame_size,
+        log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
         config_path=config_path,
     )
 
@@ -413,6 +424,7 @@ def peer_config_from_dict(
         advertise_addr=advertise_addr,
         adopt=adopt,
         max_frame_size=max_frame_size,
+        log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
         config_path=config_path,
     )
 
@@ -554,6 +566,14 @@ class _Reader:
         value = float(value)
         if not value >= 0 or value == float("inf"):  # also rejects nan
             raise self.error(key, f"{key}: must be a finite number >= 0, got {value:g}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.string(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise self.error(key, f"{key}: expected one of {', '.join(choices)}, got {value!r}")
         return value
 
     def boolean(self, key: str, default: bool) -> bool:

@@ -43,33 +43,45 @@ class RateMeter:
 
 
 class RateTable:
-    """Named in/out meter pairs (one per peer, say), plus totals per direction."""
+    """Meters by (name, direction), e.g. ("10.0.0.2:7778", "in"), plus a total per direction."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.meters: dict[tuple[str, str], RateMeter] = {}
-        self.totals = {"in": RateMeter(clock()), "out": RateMeter(clock())}
+        self.totals: dict[str, RateMeter] = {}
+        self.rates: dict[str, dict[str, float]] = {}  # as of the last tick
+        self.total_rates: dict[str, float] = {}
 
     def add(self, name: str, direction: str, n: int) -> None:
         meter = self.meters.get((name, direction))
         if meter is None:
             meter = self.meters[(name, direction)] = RateMeter(self.clock())
         meter.add(n)
-        self.totals[direction].add(n)
+        total = self.totals.get(direction)
+        if total is None:
+            total = self.totals[direction] = RateMeter(self.clock())
+        total.add(n)
 
     def forget(self, name: str) -> None:
-        for direction in ("in", "out"):
-            self.meters.pop((name, direction), None)
+        for key in [k for k in self.meters if k[0] == name]:
+            del self.meters[key]
+        self.rates.pop(name, None)
 
-    def tick(self) -> dict:
-        """Advance every meter; returns ``{"total": {...}, "peers": {name: {"in", "out"}}}``."""
+    def tick(self) -> None:
+        """Advance every meter; the results land in :attr:`rates` and :attr:`total_rates`."""
         now = self.clock()
-        peers: dict[str, dict[str, float]] = {}
+        rates: dict[str, dict[str, float]] = {}
         for (name, direction), meter in self.meters.items():
-            peers.setdefault(name, {"in": 0.0, "out": 0.0})[direction] = round(meter.tick(now), 1)
-        total = {d: round(m.tick(now), 1) for d, m in self.totals.items()}
-        return {"total": total, "peers": peers}
+            rates.setdefault(name, {})[direction] = round(meter.tick(now), 1)
+        self.rates = rates
+        self.total_rates = {d: round(m.tick(now), 1) for d, m in self.totals.items()}
+
+    def rate(self, name: str, direction: str) -> float:
+        return self.rates.get(name, {}).get(direction, 0.0)
+
+    def total(self, direction: str) -> float:
+        return self.total_rates.get(direction, 0.0)
 
     @property
     def idle(self) -> bool:
-        return all(m.rate == 0.0 and m._pending == 0 for m in self.totals.values())
+        return all(rate == 0.0 for rate in self.total_rates.values())

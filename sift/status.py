@@ -81,6 +81,14 @@ def format_peer_status(status: dict) -> str:
         f"{human_size(status['bytes'])})",
         f"Chunks held      : {status['chunks_held']}",
     ]
+    progress = status.get("progress")
+    if progress:
+        done, total = progress["bytes_done"], progress["bytes_total"]
+        percent = 100 * done // total if total else 100
+        lines.append(
+            f"Progress         : {human_size(done)} of {human_size(total)} ({percent}%), "
+            f"version {progress['version']}"
+        )
     return "\n".join(lines)
 
 

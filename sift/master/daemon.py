@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import secrets
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -20,15 +23,19 @@ import watchfiles
 from sift import __version__
 from sift.chunk_reader import ChunkReader
 from sift.config import MasterConfig
+from sift.control.config_edit import ConfigChange
+from sift.control.service import ControlService
 from sift.core.manifest import (
     Manifest,
     ManifestDelta,
+    diff,
     encode_delta,
     encode_manifest,
     make_delta,
 )
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
+from sift.metrics import RateTable
 from sift.net.channel import Channel, accept
 from sift.net.tasks import run_until_stopped
 from sift.protocol import ProtocolError
@@ -54,6 +61,9 @@ log = logging.getLogger("sift.master")
 
 UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it was hashed
 MAX_UNAUTHENTICATED = 64  # handshakes in progress at once; more are refused at accept
+HOLDINGS_EVENT_INTERVAL = 0.5  # seconds between peer.holdings events for one peer
+RECENT_VERSIONS = 20  # version summaries kept for status and the console
+EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
 
 
 @dataclass
@@ -64,6 +74,9 @@ class PeerSession:
     addr: str  # where other peers reach it ("" for status clients)
     version: int = 0
     bytes_sent: int = 0  # chunk bytes the master sent to it
+    bytes_from_peers: int = 0  # as the peer reports: chunk bytes it got from other peers
+    bytes_to_peers: int = 0  # ... and served to other peers
+    holdings_event_at: float = 0.0
 
 
 class MasterDaemon:
@@ -84,6 +97,20 @@ class MasterDaemon:
         self._encoded: dict[int, bytes] = {}
         self._deltas: dict[tuple[int, int], bytes] = {}
         self._rescan = asyncio.Event()
+        self._scan_lock = asyncio.Lock()
+        self._watch_restart = asyncio.Event()
+        self._interval_changed = asyncio.Event()
+        self.versions: deque[dict] = deque(maxlen=RECENT_VERSIONS)
+        self.control = ControlService(
+            "master",
+            config,
+            status=self.status,
+            rates_event=self._rates_event,
+            apply_change=self._apply_config,
+            handlers={"rescan": self._handle_rescan},
+        )
+        self.bus = self.control.bus
+        self.rates: RateTable = self.control.rates
         self._handshakes = 0
         self.bytes_sent = 0
         self.chunks_sent = 0
@@ -93,6 +120,7 @@ class MasterDaemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.control.start()
         host, port = self.config.bind_addr
         self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
         self.bound_port = self.server.sockets[0].getsockname()[1]
@@ -105,7 +133,9 @@ class MasterDaemon:
         )
         await self.scan_and_publish()
         await run_until_stopped(
-            stop, [self._scan_loop(), self._watch(), self._periodic_rescan()], self.shutdown
+            stop,
+            [self._scan_loop(), self._watch(), self._periodic_rescan(), self.control.run_rates()],
+            self.shutdown,
         )
 
     async def shutdown(self) -> None:
@@ -118,11 +148,16 @@ class MasterDaemon:
         self.read_pool.submit(self.reader.close).result()
         self.read_pool.shutdown()
         self.db.close()
+        await self.control.close()
         log.info("master stopped")
 
     # -- scanning and publishing ------------------------------------------------------------
 
     async def scan_and_publish(self) -> None:
+        async with self._scan_lock:  # the scan loop and a `rescan` request must not interleave
+            await self._scan_and_publish()
+
+    async def _scan_and_publish(self) -> None:
         result = await asyncio.to_thread(self.scanner.scan, dict(self.current.entries))
         if result.hashed_files:
             log.info(
@@ -142,7 +177,7 @@ class MasterDaemon:
         manifest = Manifest.build(version, self.config.params, entries.values())
         encoded = encode_manifest(manifest)
         self.store.save(manifest, encoded=encoded)
-        self.current = manifest
+        previous, self.current = self.current, manifest
         self._encoded = {version: encoded}
         self._deltas.clear()
         # New files may sit at old paths: the reader must reopen them.
@@ -155,7 +190,35 @@ class MasterDaemon:
             manifest.chunk_count,
             manifest.total_bytes / 1e6,
         )
+        self._announce(previous, manifest)
         await self._push(ManifestPush(version))
+
+    def _announce(self, previous: Manifest, manifest: Manifest) -> None:
+        """Publish the manifest.published event and remember the version's summary."""
+        changes = diff(previous if previous.version > 0 else None, manifest)
+        old_hashes = previous.chunk_hashes()
+        new_bytes = sum(
+            loc.length for h, loc in manifest.chunk_locations().items() if h not in old_hashes
+        )
+        summary = {
+            "version": manifest.version,
+            "published_at": time.time(),
+            "files": manifest.file_count,
+            "chunks": manifest.chunk_count,
+            "bytes": manifest.total_bytes,
+            "added_count": len(changes.added),
+            "changed_count": len(changes.changed),
+            "removed_count": len(changes.removed),
+            "bytes_changed": new_bytes,
+        }
+        self.versions.appendleft(summary)
+        self.bus.publish(
+            "manifest.published",
+            **summary,
+            added=list(changes.added[:EVENT_PATHS]),
+            changed=list(changes.changed[:EVENT_PATHS]),
+            removed=list(changes.removed[:EVENT_PATHS]),
+        )
 
     async def _push(self, msg: Message) -> None:
         for session in list(self.sessions.values()):
@@ -178,25 +241,63 @@ class MasterDaemon:
             return rel != RESERVED_DIR and not rel.startswith(RESERVED_DIR + os.sep)
 
         try:
-            async for _changes in watchfiles.awatch(
-                self.root,
-                debounce=self.config.debounce_ms,
-                step=50,
-                watch_filter=interesting,
-                recursive=True,
-                yield_on_timeout=False,
-            ):
-                self._rescan.set()
+            while True:  # one pass per debounce setting; config.set restarts it
+                self._watch_restart.clear()
+                async for _changes in watchfiles.awatch(
+                    self.root,
+                    debounce=self.config.debounce_ms,
+                    step=50,
+                    watch_filter=interesting,
+                    recursive=True,
+                    yield_on_timeout=False,
+                    stop_event=self._watch_restart,
+                ):
+                    self._rescan.set()
+                if not self._watch_restart.is_set():
+                    return
         except Exception as exc:  # e.g. inotify limits: the periodic rescan still covers us
             log.warning("file watching stopped (%s); relying on the periodic rescan", exc)
 
     async def _periodic_rescan(self) -> None:
-        interval = self.config.rescan_interval
-        if interval <= 0:
-            return
         while True:
-            await asyncio.sleep(interval)
+            self._interval_changed.clear()
+            interval = self.config.rescan_interval
+            timeout = interval if interval > 0 else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interval_changed.wait(), timeout)
+                continue  # the interval changed: start a fresh wait with the new one
             self._rescan.set()
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _apply_config(self, change: ConfigChange) -> None:
+        self.config = dataclasses.replace(
+            self.config, **{change.key: getattr(change.config, change.key)}
+        )
+        if change.key == "debounce_ms":
+            self._watch_restart.set()
+        elif change.key == "rescan_interval":
+            self._interval_changed.set()
+
+    async def _handle_rescan(self, _params: dict) -> dict:
+        before = self.current.version
+        await self.scan_and_publish()
+        return {"version": self.current.version, "changed": self.current.version != before}
+
+    def _rates_event(self, rates: RateTable) -> dict:
+        peers = {}
+        for node_id, r in rates.rates.items():
+            from_master = r.get("from_master", 0.0)
+            peers[node_id] = {
+                "in": round(from_master + r.get("from_peers", 0.0), 1),
+                "out": r.get("to_peers", 0.0),
+                "from_master": from_master,
+            }
+        return {
+            "total": {"in": 0.0, "out": rates.total("from_master")},
+            "p2p": rates.total("from_peers"),
+            "peers": peers,
+        }
 
     # -- connections ------------------------------------------------------------------------
 
@@ -235,6 +336,7 @@ class MasterDaemon:
         self.sessions[hello.node_id] = session
         if hello.role == "peer":
             self.distributor.peer_joined(hello.node_id, addr)
+            self.bus.publish("peer.connected", node_id=hello.node_id, addr=addr)
             log.info(
                 "peer %s connected from %s:%s (serves at %s)",
                 hello.node_id,
@@ -250,6 +352,13 @@ class MasterDaemon:
                 self.distributor.peer_left(hello.node_id)
                 if hello.role == "peer":
                     log.info("peer %s disconnected", hello.node_id)
+                    self.rates.forget(hello.node_id)
+                    self.bus.publish(
+                        "peer.disconnected",
+                        node_id=hello.node_id,
+                        addr=addr,
+                        reason=channel.close_reason or "connection closed",
+                    )
 
     async def _handle(self, session: PeerSession, msg: Message) -> Message | None:
         if isinstance(msg, ChunkRequest):
@@ -257,8 +366,7 @@ class MasterDaemon:
         if isinstance(msg, ManifestRequest):
             return self._serve_manifest(msg)
         if isinstance(msg, HoldingsReport):
-            session.version = msg.version
-            self.distributor.update_holdings(session.node_id, msg.added, msg.removed, full=msg.full)
+            self._holdings(session, msg)
             return None
         if isinstance(msg, PeerListRequest):
             return PeerListResponse(msg.req_id, tuple(self._peer_infos()))
@@ -266,6 +374,33 @@ class MasterDaemon:
             return StatusResponse(msg.req_id, json.dumps(self.status()))
         req_id = getattr(msg, "req_id", None)
         return Error(req_id, "unexpected", f"the master does not handle {type(msg).__name__}")
+
+    def _holdings(self, session: PeerSession, msg: HoldingsReport) -> None:
+        session.version = msg.version
+        self.distributor.update_holdings(session.node_id, msg.added, msg.removed, full=msg.full)
+        # The counters are cumulative since the peer started; a restart makes them smaller.
+        for field, direction in (
+            ("bytes_from_peers", "from_peers"),
+            ("bytes_to_peers", "to_peers"),
+        ):
+            reported = getattr(msg, field)
+            delta = reported - getattr(session, field)
+            if delta > 0:
+                self.rates.add(session.node_id, direction, delta)
+            setattr(session, field, reported)
+        now = time.monotonic()
+        if now - session.holdings_event_at >= HOLDINGS_EVENT_INTERVAL or msg.full:
+            session.holdings_event_at = now
+            held = self.distributor.held_count(session.node_id)
+            total = len(self.current.chunk_hashes())
+            self.bus.publish(
+                "peer.holdings",
+                node_id=session.node_id,
+                version=msg.version,
+                chunks_held=held,
+                chunks_total=total,
+                complete=msg.version == self.current.version and held >= total,
+            )
 
     def _serve_manifest(self, msg: ManifestRequest) -> ManifestResponse:
         current = self.current
@@ -305,6 +440,8 @@ class MasterDaemon:
             log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
             self._rescan.set()
         sent = sum(len(d) for _, d in found)
+        if session.role == "peer":
+            self.rates.add(session.node_id, "from_master", sent)
         session.bytes_sent += sent
         self.bytes_sent += sent
         self.chunks_sent += len(found)
@@ -332,6 +469,7 @@ class MasterDaemon:
 
     def status(self) -> dict:
         m = self.current
+        total = len(m.chunk_hashes())
         return {
             "role": "master",
             "node_id": self.node_id,
@@ -345,6 +483,12 @@ class MasterDaemon:
             "bytes_sent": self.bytes_sent,
             "chunks_sent": self.chunks_sent,
             "connected_peers": sum(1 for s in self.sessions.values() if s.role == "peer"),
+            "versions": list(self.versions),
+            "rates": {
+                "master_out": self.rates.total("from_master"),
+                "p2p": self.rates.total("from_peers"),
+            },
+            **self.control.status_fields(),
             "file_list": [
                 {"path": f.path, "size": f.size, "chunks": len(f.chunks)} for f in m.files()
             ],
@@ -355,7 +499,17 @@ class MasterDaemon:
                     "version": p.version,
                     "chunks_held": p.chunks_held,
                     "complete": p.complete,
+                    "chunks_total": total,
                     "bytes_from_master": self.sessions[p.node_id].bytes_sent,
+                    "bytes_from_peers": self.sessions[p.node_id].bytes_from_peers,
+                    "bytes_to_peers": self.sessions[p.node_id].bytes_to_peers,
+                    "rate_from_master": self.rates.rate(p.node_id, "from_master"),
+                    "rate_in": round(
+                        self.rates.rate(p.node_id, "from_master")
+                        + self.rates.rate(p.node_id, "from_peers"),
+                        1,
+                    ),
+                    "rate_out": self.rates.rate(p.node_id, "to_peers"),
                 }
                 for p in self._peer_infos()
             ],

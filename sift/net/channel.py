@@ -94,6 +94,11 @@ class Channel:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def close_reason(self) -> str:
+        """Why the channel closed ("" while it is open)."""
+        return self._close_reason
+
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, msg: Message) -> None:

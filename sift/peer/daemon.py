@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -16,6 +17,8 @@ import time
 
 from sift import __version__
 from sift.config import PeerConfig
+from sift.control.config_edit import ConfigChange
+from sift.control.service import ControlService
 from sift.core.manifest import (
     Manifest,
     ManifestError,
@@ -24,6 +27,7 @@ from sift.core.manifest import (
     decode_manifest,
 )
 from sift.core.paths import RESERVED_DIR
+from sift.metrics import RateTable
 from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
 from sift.net.tasks import run_until_stopped
 from sift.peer.fetch import FetchFailed, ManifestOutdated
@@ -99,6 +103,19 @@ class PeerDaemon:
         self.bound_port = 0
         self.last_sync: dict | None = None
         self.syncing = False
+        self.control = ControlService(
+            "peer",
+            config,
+            status=self.status,
+            rates_event=self._rates_event,
+            apply_change=self._apply_config,
+        )
+        self.bus = self.control.bus
+        self.rates: RateTable = self.control.rates
+        self.bytes_from_peers = 0  # chunk bytes received from other peers since start
+        self.bytes_to_peers = 0  # chunk bytes served to other peers since start
+        self._reported_counters = (0, 0)  # as last sent to the master
+        self._sources: dict[str, int] = {}  # bytes per source address in the running sync
 
     @property
     def synced_version(self) -> int:
@@ -107,6 +124,7 @@ class PeerDaemon:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.control.start()
         host, port = self.config.bind_addr
         self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
         self.bound_port = self.server.sockets[0].getsockname()[1]
@@ -120,7 +138,12 @@ class PeerDaemon:
         )
         await run_until_stopped(
             stop,
-            [self._master_link(stop), self._sync_loop(), self._report_progress()],
+            [
+                self._master_link(stop),
+                self._sync_loop(),
+                self._report_progress(),
+                self.control.run_rates(),
+            ],
             self.shutdown,
         )
 
@@ -135,6 +158,7 @@ class PeerDaemon:
         )
         self.chunks.reader.close()
         self.db.close()
+        await self.control.close()
         log.info("peer stopped")
 
     # -- the master link --------------------------------------------------------------------
@@ -171,6 +195,7 @@ class PeerDaemon:
                 )
                 self.master = channel
                 self.master_version = channel.ack.manifest_version
+                self.bus.publish("master.connected", addr=f"{host}:{port}")
                 self._master_ready.set()
                 self._sync_needed.set()
                 serving = asyncio.ensure_future(channel.serve(self._handle_master))
@@ -180,12 +205,19 @@ class PeerDaemon:
                 self._master_ready.clear()
                 self.master = None
                 log.info("lost the master connection; reconnecting")
+                self.bus.publish(
+                    "master.disconnected",
+                    addr=f"{host}:{port}",
+                    reason=channel.close_reason or "connection closed",
+                )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, BACKOFF_MAX)
 
     async def _handle_master(self, channel: Channel, msg: Message) -> Message | None:
         if isinstance(msg, ManifestPush):
+            if msg.version > self.master_version:
+                self.bus.publish("manifest.received", version=msg.version)
             self.master_version = max(self.master_version, msg.version)
             if msg.version != self.synced_version:
                 self._sync_needed.set()
@@ -251,6 +283,13 @@ class PeerDaemon:
         if target.version == 0:
             return  # the master has not finished its first scan: nothing to mirror yet
         self.syncing = True
+        self._sources = {}
+        self.bus.publish(
+            "sync.started",
+            version=target.version,
+            files=target.file_count,
+            bytes=target.total_bytes,
+        )
         try:
             report = await self.syncer.run(target)
         finally:
@@ -282,6 +321,7 @@ class PeerDaemon:
             report.fetch.bytes_from_master / 1e6,
             report.bytes_copied_locally / 1e6,
         )
+        self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()
         await self._send_holdings(full=True)
 
@@ -293,18 +333,35 @@ class PeerDaemon:
         here instead of sending them the same bytes."""
         while True:
             await asyncio.sleep(PROGRESS_REPORT_INTERVAL)
-            if self._new_holdings and self.master is not None:
+            progress = self.progress()
+            if progress is not None:
+                self.bus.publish("sync.progress", **progress)
+            counters = (self.bytes_from_peers, self.bytes_to_peers)
+            if self.master is not None and (
+                self._new_holdings or counters != self._reported_counters
+            ):
                 added, self._new_holdings = self._new_holdings, []
                 with contextlib.suppress(Exception):
-                    await self.master.send(
-                        HoldingsReport(self.synced_version, False, tuple(added), ())
-                    )
+                    await self.master.send(self._holdings_report(False, tuple(added)))
 
     async def _send_holdings(self, full: bool) -> None:
         if self.master is None:
             return
         held = tuple(self.chunks.locations)
-        await self.master.send(HoldingsReport(self.synced_version, full, held, ()))
+        await self.master.send(self._holdings_report(full, held))
+
+    def _holdings_report(self, full: bool, added: tuple[bytes, ...]) -> HoldingsReport:
+        self._reported_counters = (self.bytes_from_peers, self.bytes_to_peers)
+        return HoldingsReport(
+            self.synced_version, full, added, (), self.bytes_from_peers, self.bytes_to_peers
+        )
+
+    def progress(self) -> dict | None:
+        """The running sync's progress, or None between syncs."""
+        current = self.syncer.progress
+        if current is None:
+            return None
+        return {**current.to_dict(), "sources": dict(self._sources)}
 
     # -- ChunkSource for the fetcher ----------------------------------------------------------
 
@@ -313,6 +370,7 @@ class PeerDaemon:
             raise ChannelClosed("no master connection")
         response = await self.master.request(ChunkRequest(0, tuple(hashes), tuple(avoid)))
         assert isinstance(response, ChunkResponse)
+        self._count_received("master", "master", response, from_peer=False)
         return response
 
     async def ask_peer(self, addr: str, hashes: list[bytes]) -> ChunkResponse:
@@ -321,7 +379,16 @@ class PeerDaemon:
             ChunkRequest(0, tuple(hashes), ()), timeout=PEER_REQUEST_TIMEOUT
         )
         assert isinstance(response, ChunkResponse)
+        self._count_received(addr, channel.peer_node_id, response, from_peer=True)
         return response
+
+    def _count_received(self, addr: str, node: str, response: ChunkResponse, *, from_peer: bool):
+        n = sum(len(data) for _, data in response.chunks)
+        if n:
+            self.rates.add(node, "in", n)
+            self._sources[addr] = self._sources.get(addr, 0) + n
+            if from_peer:
+                self.bytes_from_peers += n
 
     async def _peer_channel(self, addr: str) -> Channel:
         lock = self._peer_locks.setdefault(addr, asyncio.Lock())
@@ -361,10 +428,16 @@ class PeerDaemon:
             writer.close()
             return
         await channel.serve(self._handle_peer_request)
+        self.rates.forget(channel.peer_node_id)
 
     async def _handle_peer_request(self, channel: Channel, msg: Message) -> Message | None:
         if isinstance(msg, ChunkRequest):
-            return await self._serve_chunks(msg)
+            response = await self._serve_chunks(msg)
+            served = sum(len(data) for _, data in response.chunks)
+            if served:
+                self.rates.add(channel.peer_node_id, "out", served)
+                self.bytes_to_peers += served
+            return response
         if isinstance(msg, StatusRequest):
             return StatusResponse(msg.req_id, json.dumps(self.status()))
         if isinstance(msg, ManifestPush):
@@ -413,4 +486,24 @@ class PeerDaemon:
             "bytes": m.total_bytes if m else 0,
             "chunks_held": len(self.chunks.locations),
             "last_sync": self.last_sync,
+            "progress": self.progress(),
+            "bytes_from_peers": self.bytes_from_peers,
+            "bytes_to_peers": self.bytes_to_peers,
+            "rates": self._rates_event(self.rates),
+            **self.control.status_fields(),
         }
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _rates_event(self, rates: RateTable) -> dict:
+        peers = {
+            name: {"in": r.get("in", 0.0), "out": r.get("out", 0.0)}
+            for name, r in rates.rates.items()
+        }
+        return {"total": {"in": rates.total("in"), "out": rates.total("out")}, "peers": peers}
+
+    def _apply_config(self, change: ConfigChange) -> None:
+        # log_level is the peer's only live key, and the service already applied it.
+        self.config = dataclasses.replace(
+            self.config, **{change.key: getattr(change.config, change.key)}
+        )

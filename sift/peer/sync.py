@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,30 @@ from sift.state import ScanCache
 log = logging.getLogger("sift.peer.sync")
 
 COPY_BATCH = 256  # local chunk copies read per step (bounds memory to ~BATCH x max chunk size)
+CURRENT_FILES = 16  # recent destinations remembered for "files being written now"
+
+
+@dataclass
+class SyncProgress:
+    """What the running sync has done so far, for status and the console. Updated from the
+    worker threads that store chunks (plain int and deque updates, safe under the GIL)."""
+
+    version: int
+    files_to_write: int = 0
+    files_to_delete: int = 0
+    bytes_total: int = 0  # bytes of the files being written
+    bytes_done: int = 0  # of those, bytes stored so far (resumed, copied locally or fetched)
+    current: deque[str] = field(default_factory=lambda: deque(maxlen=CURRENT_FILES))
+
+    def to_dict(self) -> dict:
+        return {
+            "version": self.version,
+            "files_to_write": self.files_to_write,
+            "files_to_delete": self.files_to_delete,
+            "bytes_total": self.bytes_total,
+            "bytes_done": min(self.bytes_done, self.bytes_total),
+            "current": list(dict.fromkeys(reversed(self.current))),
+        }
 
 
 @dataclass
@@ -69,6 +94,16 @@ class LocalChunks:
             await asyncio.wait_for(self._arrived.wait(), timeout)
 
 
+def _missing_bytes(part: PartFile) -> int:
+    """Bytes of ``part`` still to be written (a resumed part file has some already)."""
+    missing, offset = 0, 0
+    for chunk in part.entry.chunks:
+        if offset in part.missing:
+            missing += chunk.length
+        offset += chunk.length
+    return missing
+
+
 def locations_of(entries) -> dict[bytes, ChunkLocation]:
     out: dict[bytes, ChunkLocation] = {}
     for entry in entries:
@@ -96,6 +131,7 @@ class Syncer:
         self.assembler = Assembler(self.local_dir)
         self.on_progress = on_progress or (lambda added: None)
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
+        self.progress: SyncProgress | None = None  # set while a sync with work to do runs
 
     async def scan_local(self, target: Manifest) -> dict:
         scanner = Scanner(self.local_dir, self.cache, target.params)
@@ -114,6 +150,13 @@ class Syncer:
             report.seconds = time.monotonic() - started
             return report
         parts = await asyncio.to_thread(self._open_parts, plan)
+        self.progress = SyncProgress(
+            target.version,
+            files_to_write=len(plan.write),
+            files_to_delete=len(plan.delete),
+            bytes_total=sum(p.entry.size for p in parts),
+            bytes_done=sum(p.entry.size - _missing_bytes(p) for p in parts),
+        )
         try:
             dests = self._destinations(parts)
             report.bytes_copied_locally = await self._copy_local(dests)
@@ -125,6 +168,7 @@ class Syncer:
                 report.fetch = await fetcher.fetch(needed)
             await asyncio.to_thread(self._commit, plan, parts, report)
         finally:
+            self.progress = None
             self.chunks.pending = set()
             for part in parts:
                 self.assembler.close(part)
@@ -167,9 +211,13 @@ class Syncer:
 
     def _store(self, found: list[tuple[bytes, bytes]], dests) -> None:
         """Write verified chunks to every place that needs them (worker thread)."""
+        progress = self.progress
         for digest, data in found:
             for part, offset in dests.get(digest, ()):
                 self.assembler.write(part, offset, data)
+                if progress is not None:
+                    progress.bytes_done += len(data)
+                    progress.current.append(part.entry.path)
             self._written.add(digest)
 
     def _make_sink(self, dests):

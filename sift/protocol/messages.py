@@ -669,12 +669,16 @@ class ChunkResponse(Message):
 @dataclass(frozen=True, slots=True)
 class HoldingsReport(Message):
     """peer -> master: which chunks I hold as of manifest ``version``. ``full=True`` replaces
-    what the master knew (``removed`` then empty); otherwise a delta."""
+    what the master knew (``removed`` then empty); otherwise a delta. The two byte counters are
+    cumulative since the peer started (chunk bytes received from and served to other peers); the
+    master turns them into the peer-to-peer rates it shows operators."""
 
     version: UInt
     full: bool
     added: tuple[Hash, ...]
     removed: tuple[Hash, ...]
+    bytes_from_peers: UInt = 0
+    bytes_to_peers: UInt = 0
 
 
 # Peers & status -----------------------------------------------------------------------------

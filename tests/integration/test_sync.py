@@ -205,12 +205,29 @@ def test_non_empty_local_dir_is_refused_without_adopt(cluster):
     assert (local / "precious.txt").read_text() == "not sift's"
 
 
-def test_port_in_use_is_a_one_line_error(cluster):
+def test_port_in_use_is_a_one_line_error(cluster, tmp_path):
     cluster.start_master()
-    result = run_sift("master", "start", "--config", str(cluster.master.config))
+    # Same port, its own state: the bind fails.
+    text = cluster.master.config.read_text()
+    other = tmp_path / "other.toml"
+    other.write_text(
+        text.replace(str(cluster.base / "master" / "state"), str(tmp_path / "other-state"))
+    )
+    result = run_sift("master", "start", "--config", str(other))
     assert result.returncode == 2
     assert "cannot listen" in result.stderr
     assert PSK not in result.stderr
+    assert result.stderr.count("sift: ") == 1
+
+
+def test_second_daemon_on_the_same_control_socket_is_refused(cluster):
+    cluster.start_master()
+    result = run_sift("master", "start", "--config", str(cluster.master.config))
+    assert result.returncode == 2
+    assert "is in use by another running daemon" in result.stderr
+    assert result.stderr.count("sift: ") == 1
+    # The first daemon still answers on its socket.
+    assert cluster.status()["manifest_version"] >= 1
 
 
 def test_adopt_reuses_matching_data_and_mirrors_the_master(cluster):
