@@ -42,6 +42,7 @@ from sift_tui.widgets.offline import OfflineView
 __all__ = ["SiftConsole", "main", "run_console", "socket_from_config"]
 
 AGE_REFRESH = 5.0  # seconds between redraws of "published ... ago"
+IDLE_TICK = 1.0  # the daemons' rates cadence; idle seconds add zero samples at this pace
 
 TAB_TITLES = {
     "manifest": "Manifest",
@@ -103,6 +104,7 @@ class SiftConsole(App[None]):
         self.sub_title = str(self.socket_path)
         self.run_connection()
         self.set_interval(AGE_REFRESH, self._redraw_ages)
+        self.set_interval(IDLE_TICK, self._idle_tick)
 
     @work(exclusive=True, group="connection")
     async def run_connection(self) -> None:
@@ -131,6 +133,11 @@ class SiftConsole(App[None]):
     def _redraw_ages(self) -> None:
         if self.online:
             self._redraw({"clock"})
+
+    def _idle_tick(self) -> None:
+        if self.online and self.state is not None:
+            if self.state.history.idle_tick(self.clock(), IDLE_TICK):
+                self._redraw({"rates"})
 
     # -- messages from the connection ------------------------------------------------------------
     def on_connecting(self, message: Connecting) -> None:
@@ -190,7 +197,7 @@ class SiftConsole(App[None]):
             return
         parts: set[str] = set()
         for sample in message.samples():  # every sample the queue merged into this message
-            parts |= self.state.apply_event(message.type, sample, message.time)
+            parts |= self.state.apply_event(message.type, sample, message.time, self.clock())
         self._redraw(parts)
 
     # The other high-rate subclasses have their own handler names; they fold in the same way.

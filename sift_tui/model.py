@@ -23,11 +23,28 @@ class RateHistory:
     """Recent samples of several named rate series, all the same length so they line up."""
 
     def __init__(self, names: Iterable[str], samples: int = HISTORY_SAMPLES) -> None:
-        self.series: dict[str, deque[float]] = {n: deque(maxlen=samples) for n in names}
+        # Start full of zeros: the right edge is always "now", and the chart scrolls leftwards.
+        self.series: dict[str, deque[float]] = {
+            n: deque([0.0] * samples, maxlen=samples) for n in names
+        }
+        self.last_sample: float | None = None  # when the newest sample arrived (console clock)
 
-    def add(self, **values: float) -> None:
+    def add(self, now: float | None = None, **values: float) -> None:
         for name, series in self.series.items():
             series.append(float(values.get(name) or 0.0))
+        self.last_sample = now
+
+    def idle_tick(self, now: float, interval: float) -> bool:
+        """The daemon stops sending rates once everything is idle; keep the time axis moving by
+        adding a zero sample for each ``interval`` without news. Returns whether one was added."""
+        if self.last_sample is None or now - self.last_sample < interval * 1.5:
+            return False
+        if any(series[-1] for series in self.series.values()):
+            return False  # the last word was "moving": wait for the daemon's own idle sample
+        for series in self.series.values():
+            series.append(0.0)
+        self.last_sample = now - interval * 0.5
+        return True
 
     def values(self, name: str) -> list[float]:
         return list(self.series[name])
@@ -52,7 +69,7 @@ class MasterState:
         self.versions: list[dict[str, Any]] = []
         self.files: list[dict[str, Any]] = []
         self.peers: dict[str, dict[str, Any]] = {}
-        self.history = RateHistory(("master_out", "p2p", "total_in"))
+        self.history = RateHistory(("master_out", "p2p"))
 
     # -- snapshot --------------------------------------------------------------------------------
     def apply_status(self, status: dict[str, Any]) -> set[str]:
@@ -65,7 +82,9 @@ class MasterState:
         return {"summary", "versions", "files", "peers", "rates"}
 
     # -- events ----------------------------------------------------------------------------------
-    def apply_event(self, kind: str, data: dict[str, Any], time: float | None) -> set[str]:
+    def apply_event(
+        self, kind: str, data: dict[str, Any], time: float | None, now: float | None = None
+    ) -> set[str]:
         if kind == "manifest.published":
             return self._published(data, time)
         if kind == "peer.connected":
@@ -87,7 +106,7 @@ class MasterState:
                     row[key] = data[key]
             return {"peers"}
         if kind == "rates":
-            return self._rates(data)
+            return self._rates(data, now)
         return set()
 
     def _published(self, data: dict[str, Any], time: float | None) -> set[str]:
@@ -112,12 +131,12 @@ class MasterState:
         del self.versions[MAX_VERSIONS:]
         return {"summary", "versions"}
 
-    def _rates(self, data: dict[str, Any]) -> set[str]:
+    def _rates(self, data: dict[str, Any], now: float | None) -> set[str]:
         total = data.get("total") or {}
         self.history.add(
+            now,
             master_out=_rate(total, "out"),
             p2p=float(data.get("p2p") or 0.0),
-            total_in=_rate(total, "in"),
         )
         self.status["rates"] = {"master_out": _rate(total, "out"), "p2p": data.get("p2p") or 0.0}
         for node, pair in (data.get("peers") or {}).items():
@@ -149,7 +168,9 @@ class PeerState:
         }
         return {"summary", "progress", "sources", "rates"}
 
-    def apply_event(self, kind: str, data: dict[str, Any], time: float | None) -> set[str]:
+    def apply_event(
+        self, kind: str, data: dict[str, Any], time: float | None, now: float | None = None
+    ) -> set[str]:
         s = self.status
         if kind == "manifest.received":
             s["master_version"] = data.get("version")
@@ -187,7 +208,7 @@ class PeerState:
             return {"summary", "progress", "sources"}
         if kind == "rates":
             total = data.get("total") or {}
-            self.history.add(**{"in": _rate(total, "in"), "out": _rate(total, "out")})
+            self.history.add(now, **{"in": _rate(total, "in"), "out": _rate(total, "out")})
             self.source_rates = {
                 str(addr): {"in": _rate(pair, "in"), "out": _rate(pair, "out")}
                 for addr, pair in (data.get("peers") or {}).items()

@@ -34,7 +34,7 @@ def value_text(value: Any) -> str:
 class ConfigView(Vertical):
     BINDINGS = [
         Binding("e", "edit", "Edit key", id="config-edit"),
-        Binding("escape", "cancel", "Cancel edit", show=False, id="config-cancel"),
+        Binding("escape", "cancel", "Cancel edit", id="config-cancel"),
     ]
 
     def __init__(self, caller: Caller, **kwargs) -> None:

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Sparkline
 
-from sift_tui.format import human_rate
+from sift_tui.format import human_duration, human_rate
 
 __all__ = ["RateSpark"]
 
@@ -30,7 +30,8 @@ class RateSpark(Vertical):
     def _caption(self, samples: Sequence[float]) -> str:
         now = samples[-1] if samples else 0.0
         peak = max(samples, default=0.0)
-        return f"{self.title}: [b]{human_rate(now)}[/b]  (peak {human_rate(peak)})"
+        window = human_duration(len(samples)) if samples else "-"
+        return f"{self.title}: [b]{human_rate(now)}[/b]  (peak {human_rate(peak)}, last {window})"
 
     def show(self, samples: Sequence[float]) -> None:
         self.query_one(Label).update(self._caption(samples))

@@ -89,7 +89,7 @@ class SyncView(Vertical):
         current = self.query_one("#sync-current", Static)
         if not progress:
             text.update("idle: nothing to fetch")
-            bar.update(total=1, progress=0)
+            bar.update(total=1, progress=1)
             current.update("")
             return
         done, total = progress.get("bytes_done") or 0, progress.get("bytes_total") or 0

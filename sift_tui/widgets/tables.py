@@ -39,6 +39,7 @@ class KeyedTable(DataTable):
         """Make the table show exactly ``rows`` (key -> cells in column order). Returns whether
         any row was added or removed."""
         column_keys = [key for _label, key in self._column_spec]
+        focus = self._cursor_key()
         reshaped = False
         for row_key in [k for k in self.rows if k.value not in rows]:
             self.remove_row(row_key)
@@ -54,7 +55,16 @@ class KeyedTable(DataTable):
                 reshaped = True
         if reshaped and sort_key is not None:
             self.sort(sort_key, key=_sort_value, reverse=reverse)
+        if reshaped and focus is not None and focus in self.rows:
+            # Rows above it came or went: keep the cursor on the same row, not the same index.
+            self.move_cursor(row=self.get_row_index(focus), animate=False, scroll=False)
         return reshaped
+
+    def _cursor_key(self) -> str | None:
+        if not self.row_count or not self.is_valid_row_index(self.cursor_row):
+            return None
+        row_key, _ = self.coordinate_to_cell_key(self.cursor_coordinate)
+        return row_key.value
 
 
 def _sort_value(cell: object) -> object:

@@ -19,7 +19,6 @@ __all__ = ["TransfersView"]
 MASTER_SERIES = [
     ("master_out", "Master egress (chunks the master sends)"),
     ("p2p", "Peer-to-peer (chunks peers gain from each other)"),
-    ("total_in", "Master ingress"),
 ]
 PEER_SERIES = [("in", "Received"), ("out", "Served to other peers")]
 
