@@ -19,6 +19,7 @@ from typing import Any
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, TabbedContent
 
@@ -110,6 +111,11 @@ class SiftConsole(App[None]):
     async def run_connection(self) -> None:
         await self.connection.run()
 
+    def _alive(self) -> bool:
+        """False once the app is shutting down and its widgets are gone (messages from the
+        connection may still be queued then)."""
+        return bool(self.query("#body"))
+
     @property
     def role(self) -> str | None:
         return self.state.role if self.state is not None else None
@@ -122,30 +128,37 @@ class SiftConsole(App[None]):
         return None
 
     def config_view(self) -> ConfigView | None:
-        console = self.active_console()
+        console = self.active_console() if self._alive() else None
         return console.query_one(ConfigView) if console is not None else None
 
     def _redraw(self, parts: set[str]) -> None:
-        console = self.active_console()
+        console = self.active_console() if self._alive() else None
         if console is not None and self.state is not None and parts:
-            console.show(self.state, parts, self.clock())  # type: ignore[arg-type]
+            try:
+                console.show(self.state, parts, self.clock())  # type: ignore[arg-type]
+            except NoMatches:
+                # Only while the app closes and its views are taken down (messages from the
+                # connection can still be queued then); every selector is drawn by the tests.
+                return
 
     def _redraw_ages(self) -> None:
         if self.online:
             self._redraw({"clock"})
 
     def _idle_tick(self) -> None:
-        if self.online and self.state is not None:
-            if self.state.history.idle_tick(self.clock(), IDLE_TICK):
-                self._redraw({"rates"})
+        state = self.state
+        if self.online and state is not None and state.history.idle_tick(self.clock(), IDLE_TICK):
+            self._redraw({"rates"})
 
     # -- messages from the connection ------------------------------------------------------------
     def on_connecting(self, message: Connecting) -> None:
-        if not self.online:
+        if not self.online and self._alive():
             self.query_one(OfflineView).show_connecting(message.socket, message.attempt)
 
     def on_disconnected(self, message: Disconnected) -> None:
         self.online = False
+        if not self._alive():
+            return
         self.query_one(OfflineView).show_down(
             message.socket, message.error, message.retry_in, message.attempt
         )
@@ -154,6 +167,8 @@ class SiftConsole(App[None]):
         self.refresh_bindings()
 
     def on_connected(self, message: Connected) -> None:
+        if not self._alive():
+            return
         status = message.status
         role = str(status.get("role"))
         if self.state is None or self.state.role != role:

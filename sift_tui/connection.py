@@ -113,14 +113,22 @@ class Connection:
             since = status.get("events_last_id")
         await client.subscribe(since=since)
         self.post(Connected(self.socket_path, status))
+        loop = asyncio.get_running_loop()
+        interval = self.refresh_interval
+        next_refresh = loop.time() + interval if interval is not None else None
         while True:
+            # Counters such as bytes sent only travel in snapshots: refresh on a fixed beat,
+            # however busy the event stream is.
+            if next_refresh is not None and loop.time() >= next_refresh:
+                await self._refresh(client)
+                next_refresh = loop.time() + interval  # type: ignore[operator]
             try:
-                if self.refresh_interval is None:
+                if next_refresh is None:
                     event = await client.next_event()
                 else:
-                    event = await asyncio.wait_for(client.next_event(), self.refresh_interval)
+                    wait = max(0.0, next_refresh - loop.time())
+                    event = await asyncio.wait_for(client.next_event(), wait)
             except TimeoutError:
-                await self._refresh(client)
                 continue
             event_id = int(event.get("id") or 0)
             self.last_event_id = max(self.last_event_id or 0, event_id)

@@ -25,7 +25,7 @@ from tests.tui.fake import (
     master_status,
     peer_status,
 )
-from tests.tui.scripted import SIZE, master_daemon, peer_daemon, scripted_app
+from tests.tui.scripted import SIZE, master_daemon, peer_daemon, scripted_app, write_screenshots
 
 
 async def no_wait(_seconds: float) -> None:
@@ -250,3 +250,25 @@ def test_cli_finds_the_socket_in_a_config_file(tmp_path: Path):
         socket_from_config(tmp_path / "missing.toml")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--socket", "a", "--config", "b"])
+
+
+async def test_snapshots_are_refreshed_on_a_beat_even_while_events_flow():
+    daemon = master_daemon()
+    app = scripted_app(daemon)
+    app.connection.refresh_interval = 0.05
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, daemon)
+        for i in range(20):
+            daemon.push(event(1000 + i, "rates", total={"in": 0.0, "out": 1.0}, p2p=0.0))
+            await pilot.pause(0.02)
+        await settle(pilot, daemon)
+        refreshes = [c for c in daemon.calls if c[0] == "status"]
+        assert len(refreshes) >= 3  # the first snapshot and at least two on the beat
+
+
+def test_docs_screenshots_are_current(tmp_path: Path):
+    """docs/tui-*.svg are drawn from the scripted daemons; redraw them after a visible change
+    with ``python -m tests.tui.scripted --screenshots docs``."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for path in write_screenshots(tmp_path):
+        assert path.read_text() == (docs / path.name).read_text(), f"docs/{path.name} is stale"
