@@ -182,22 +182,20 @@ class PeerState:
             return {"summary"}
         if kind == "sync.started":
             s["syncing"] = True
+            # docs/control.md names the totals files_to_write/bytes_total; until the first
+            # progress event, a missing total reads as unknown rather than as zero.
             self.progress = {
                 "version": data.get("version"),
                 "bytes_done": 0,
-                "bytes_total": data.get("bytes_total", 0),
-                "files_total": data.get("files_to_write", 0),
-                "files_to_delete": data.get("files_to_delete", 0),
+                "bytes_total": data.get("bytes_total"),
+                "files_to_write": data.get("files_to_write"),
+                "files_to_delete": data.get("files_to_delete"),
                 "current": [],
                 "sources": {},
             }
             return {"summary", "progress", "sources"}
         if kind == "sync.progress":
-            progress = self.progress if self.progress is not None else {}
-            for key in ("version", "bytes_done", "bytes_total", "current", "sources"):
-                if key in data:
-                    progress[key] = data[key]
-            self.progress = progress
+            self.progress = {**(self.progress or {}), **data}
             s["syncing"] = True
             return {"progress", "sources"}
         if kind == "sync.finished":

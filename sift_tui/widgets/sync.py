@@ -92,13 +92,21 @@ class SyncView(Vertical):
             bar.update(total=1, progress=1)
             current.update("")
             return
-        done, total = progress.get("bytes_done") or 0, progress.get("bytes_total") or 0
-        text.update(
-            f"version [b]{progress.get('version', '-')}[/b]: {human_size(done)} of "
-            f"{human_size(total)} ({human_percent(done, total)}), "
-            f"{progress.get('files_total', 0)} files to write"
-        )
-        bar.update(total=max(total, 1), progress=done)
+        done, total = progress.get("bytes_done") or 0, progress.get("bytes_total")
+        files = progress.get("files_to_write", progress.get("files_total"))
+        deletes = progress.get("files_to_delete")
+        plan = f"{files if files is not None else '?'} files to write"
+        if deletes:
+            plan += f", {deletes} to delete"
+        if total is None:
+            text.update(f"version [b]{progress.get('version', '-')}[/b]: planning ...")
+            bar.update(total=1, progress=0)
+        else:
+            text.update(
+                f"version [b]{progress.get('version', '-')}[/b]: {human_size(done)} of "
+                f"{human_size(total)} ({human_percent(done, total)}), {plan}"
+            )
+            bar.update(total=max(total, 1), progress=done)
         paths = list(progress.get("current") or [])
         more = len(paths) - MAX_CURRENT
         lines = [f"writing {p}" for p in paths[:MAX_CURRENT]]

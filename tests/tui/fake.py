@@ -316,7 +316,8 @@ def peer_status(*, syncing: bool = True) -> dict[str, Any]:
             "version": 7,
             "bytes_done": 22 * MiB,
             "bytes_total": 32 * MiB,
-            "files_total": 2,
+            "files_to_write": 2,
+            "files_to_delete": 1,
             "current": ["detector-frames.h5", "runs/run-004/spectra/spectrum-0001.csv"],
             "sources": {"10.0.0.11:7778": 15 * MiB, "10.0.0.13:7778": 5 * MiB, "master": 2 * MiB},
         }
