@@ -97,8 +97,8 @@ class SiftConsole(App[None]):
         yield Header()
         with ContentSwitcher(initial="offline", id="body"):
             yield OfflineView(id="offline")
-            yield MasterConsole(self.connection.call, id="master")
-            yield PeerConsole(self.connection.call, id="peer")
+            yield MasterConsole(self.connection.call, self.clock, id="master")
+            yield PeerConsole(self.connection.call, self.clock, id="peer")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -10,6 +10,7 @@ __all__ = [
     "human_percent",
     "human_rate",
     "human_size",
+    "plural",
     "utc_time",
 ]
 
@@ -84,3 +85,10 @@ def utc_time(timestamp: float | None) -> str:
         return "-"
     moment = dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def plural(n: object, word: str) -> str:
+    """``1 file``, ``2 files``; an unknown count reads ``- files``."""
+    if n is None:
+        return f"- {word}s"
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"

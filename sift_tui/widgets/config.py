@@ -22,6 +22,13 @@ __all__ = ["ConfigView", "value_text"]
 Caller = Callable[[str, dict[str, Any] | None], Awaitable[Any]]
 
 
+MAX_CELL = 34  # characters of a value shown in the table; the edit field shows it whole
+
+
+def _cell(text: str) -> str:
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+
+
 def value_text(value: Any) -> str:
     """A config value as an operator would type it: strings bare, the rest as TOML/JSON."""
     if value is None:
@@ -90,8 +97,8 @@ class ConfigView(Vertical):
         state = "[yellow]needs restart[/yellow]" if name in self.needs_restart else ""
         return (
             name,
-            value_text(key.get("value")) if key.get("set") else "",
-            value_text(key.get("default")),
+            _cell(value_text(key.get("value"))) if key.get("set") else "",
+            _cell(value_text(key.get("default"))),
             "live" if key.get("live") else "at restart",
             state,
         )

@@ -1,10 +1,15 @@
 """The two consoles: a master's (manifest, peers, transfers, config) and a peer's (sync,
-transfers, config). Each is a TabbedContent; the app routes state changes to the visible panes."""
+transfers, config). Each is a TabbedContent. Only the visible pane is redrawn; the others
+remember what changed and catch up when their tab is shown."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.widget import Widget
 from textual.widgets import TabbedContent, TabPane
 
 from sift_tui.model import MasterState, PeerState
@@ -20,13 +25,49 @@ MASTER_TABS = ("manifest", "peers", "transfers", "config")
 PEER_TABS = ("sync", "transfers", "config")
 
 
-class MasterConsole(Vertical):
-    role = "master"
-    tabs = MASTER_TABS
+class _Console(Vertical):
+    role = ""
+    tabs: tuple[str, ...] = ()
 
-    def __init__(self, caller: Caller, **kwargs) -> None:
+    def __init__(self, caller: Caller, clock: Callable[[], float], **kwargs) -> None:
         super().__init__(**kwargs)
         self.caller = caller
+        self.clock = clock
+        self._state: MasterState | PeerState | None = None
+        self._now = 0.0
+        self._pending: dict[str, set[str]] = {tab: set() for tab in self.tabs}
+
+    # Tab name -> the view drawn from the state (the config view draws itself).
+    VIEWS: dict[str, type[Widget]] = {}
+
+    def views(self) -> dict[str, Widget]:
+        return {tab: self.query_one(cls) for tab, cls in self.VIEWS.items()}
+
+    def show(self, state: MasterState | PeerState, parts: set[str], now: float) -> None:
+        self._state, self._now = state, now
+        for pending in self._pending.values():
+            pending.update(parts)
+        self._flush()
+
+    def _flush(self) -> None:
+        active = self.query_one(TabbedContent).active.removeprefix(f"{self.role}-")
+        view = self.views().get(active)
+        parts = self._pending.get(active)
+        if view is None or not parts or self._state is None:
+            return
+        self._pending[active] = set()
+        view.show(self._state, parts, self._now)  # type: ignore[attr-defined]
+
+    @on(TabbedContent.TabActivated)
+    def _tab_shown(self, event: TabbedContent.TabActivated) -> None:
+        self._now = self.clock()
+        self._flush()
+
+
+class MasterConsole(_Console):
+    role = "master"
+    tabs = MASTER_TABS
+    VIEWS = {"manifest": ManifestView, "peers": PeersView, "transfers": TransfersView}
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="master-tabs"):
@@ -39,19 +80,11 @@ class MasterConsole(Vertical):
             with TabPane("Config", id="master-config"):
                 yield ConfigView(self.caller)
 
-    def show(self, state: MasterState, parts: set[str], now: float) -> None:
-        self.query_one(ManifestView).show(state, parts, now)
-        self.query_one(PeersView).show(state, parts)
-        self.query_one(TransfersView).show(state, parts)
 
-
-class PeerConsole(Vertical):
+class PeerConsole(_Console):
     role = "peer"
     tabs = PEER_TABS
-
-    def __init__(self, caller: Caller, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.caller = caller
+    VIEWS = {"sync": SyncView, "transfers": TransfersView}
 
     def compose(self) -> ComposeResult:
         with TabbedContent(id="peer-tabs"):
@@ -61,7 +94,3 @@ class PeerConsole(Vertical):
                 yield TransfersView("peer")
             with TabPane("Config", id="peer-config"):
                 yield ConfigView(self.caller)
-
-    def show(self, state: PeerState, parts: set[str], now: float) -> None:
-        self.query_one(SyncView).show(state, parts)
-        self.query_one(TransfersView).show(state, parts)

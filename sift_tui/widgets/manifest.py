@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, Static
 
-from sift_tui.format import human_age, human_size, utc_time
+from sift_tui.format import human_age, human_size, plural, utc_time
 from sift_tui.model import MasterState
 from sift_tui.widgets.tables import KeyedTable, right
 
@@ -48,12 +48,12 @@ class ManifestView(Vertical):
         if "summary" in parts:
             chunks = s.get("chunks", 0)
             distinct = s.get("distinct_chunks")
-            chunk_text = f"{chunks} chunks" + (
+            chunk_text = plural(chunks, "chunk") + (
                 f" ({distinct} distinct)" if distinct is not None else ""
             )
             self.query_one("#manifest-summary", Static).update(
                 f"[b]version {s.get('manifest_version', '-')}[/b]  ·  "
-                f"{s.get('files', 0)} files  ·  "
+                f"{plural(s.get('files', 0), 'file')}  ·  "
                 f"{human_size(s.get('bytes'))}  ·  {chunk_text}\n"
                 f"watching [b]{s.get('watched_dir', '-')}[/b]  ·  master sent "
                 f"{human_size(s.get('bytes_sent'))} in {s.get('chunks_sent', 0)} chunks"

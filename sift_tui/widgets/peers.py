@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Label, Static
 
-from sift_tui.format import human_percent, human_rate
+from sift_tui.format import human_percent, human_rate, plural
 from sift_tui.model import MasterState
 from sift_tui.widgets.sparks import RateSpark
 from sift_tui.widgets.tables import KeyedTable, right
@@ -57,7 +57,7 @@ class PeersView(Vertical):
             yield RateSpark("Peer-to-peer", id="spark-p2p")
         yield Label("", id="peers-empty")
 
-    def show(self, state: MasterState, parts: set[str]) -> None:
+    def show(self, state: MasterState, parts: set[str], now: float) -> None:
         s = state.status
         if parts & {"peers", "summary"}:
             version = s.get("manifest_version")
@@ -67,8 +67,8 @@ class PeersView(Vertical):
                 1 for p in state.peers.values() if p.get("complete") and p.get("version") == version
             )
             self.query_one("#peers-summary", Static).update(
-                f"[b]{len(state.peers)}[/b] peers connected  ·  [b]{in_sync}[/b] in sync with "
-                f"version {version if version is not None else '-'}"
+                f"[b]{plural(len(state.peers), 'peer')}[/b] connected  ·  "
+                f"[b]{in_sync}[/b] in sync with version {version if version is not None else '-'}"
             )
             self.query_one("#peers-empty", Label).update(
                 "" if state.peers else "No peer is connected yet."

@@ -8,7 +8,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Label, ProgressBar, Static
 
-from sift_tui.format import human_duration, human_percent, human_rate, human_size
+from sift_tui.format import human_duration, human_percent, human_rate, human_size, plural
 from sift_tui.model import PeerState
 from sift_tui.widgets.tables import KeyedTable, right
 
@@ -45,7 +45,7 @@ class SyncView(Vertical):
         yield Static(id="sync-last")
         yield Static(id="sync-banned", classes="warning")
 
-    def show(self, state: PeerState, parts: set[str]) -> None:
+    def show(self, state: PeerState, parts: set[str], now: float) -> None:
         s = state.status
         if "summary" in parts:
             up = s.get("master_connected")
@@ -61,8 +61,9 @@ class SyncView(Vertical):
                 f"master [b]{s.get('master_addr', '-')}[/b] {link}  ·  master version "
                 f"[b]{latest if latest is not None else '-'}[/b]  ·  synced "
                 f"[b]{synced if synced is not None else '-'}[/b]  ·  {where}\n"
-                f"mirror [b]{s.get('local_dir', '-')}[/b]  ·  {s.get('files', 0)} files  ·  "
-                f"{human_size(s.get('bytes'))}  ·  {s.get('chunks_held', 0)} chunks held"
+                f"mirror [b]{s.get('local_dir', '-')}[/b]  ·  "
+                f"{plural(s.get('files', 0), 'file')}  ·  {human_size(s.get('bytes'))}  ·  "
+                f"{plural(s.get('chunks_held', 0), 'chunk')} held"
             )
             self.query_one("#sync-last", Static).update(last_sync_text(s.get("last_sync")))
             banned = s.get("banned_sources") or []
@@ -95,7 +96,7 @@ class SyncView(Vertical):
         done, total = progress.get("bytes_done") or 0, progress.get("bytes_total")
         files = progress.get("files_to_write", progress.get("files_total"))
         deletes = progress.get("files_to_delete")
-        plan = f"{files if files is not None else '?'} files to write"
+        plan = f"{plural(files, 'file')} to write"
         if deletes:
             plan += f", {deletes} to delete"
         if total is None:

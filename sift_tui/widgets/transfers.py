@@ -54,7 +54,7 @@ class TransfersView(Vertical):
     def _show_rows(self, rows: Mapping[str, Sequence[object]]) -> None:
         self.query_one(f"#{self.role}-rates-table", KeyedTable).sync_rows(rows)
 
-    def show(self, state: MasterState | PeerState, parts: set[str]) -> None:
+    def show(self, state: MasterState | PeerState, parts: set[str], now: float) -> None:
         if not parts & {"rates", "peers", "sources"}:
             return
         self._show_series(state.history)
