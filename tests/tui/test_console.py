@@ -10,7 +10,7 @@ import pytest
 from textual.widgets import ContentSwitcher, Input, TabbedContent
 
 from sift.config import ConfigError
-from sift_tui.app import build_parser, socket_from_config
+from sift_tui.app import build_parser, main, socket_from_config
 from sift_tui.messages import PeerHoldings, RatesUpdated, SyncProgress
 from sift_tui.widgets.config import ConfigView
 from sift_tui.widgets.offline import OfflineView
@@ -272,3 +272,13 @@ def test_docs_screenshots_are_current(tmp_path: Path):
     docs = Path(__file__).resolve().parents[2] / "docs"
     for path in write_screenshots(tmp_path):
         assert path.read_text() == (docs / path.name).read_text(), f"docs/{path.name} is stale"
+
+
+def test_cli_refuses_a_bad_config_in_one_line(tmp_path: Path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("watched_dir = [\n")
+    assert main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sift-tui: ")
+    assert "TOML syntax error" in err
+    assert len(err.splitlines()) == 1
