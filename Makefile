@@ -4,7 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: test lint format demo bench-chunk bench-sync clean
+.PHONY: install test lint format demo bench-chunk bench-sync clean
+
+# Plain `make`: sift, sift-tui and the test tools in .venv.
+install: $(VENV)/.installed
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +26,14 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+test: lint nix-tools
 	$(BIN)/python -m pytest
+
+# nix-instantiate, for tests/test_nix_files.py (Debian's nix-bin; as root only, else those skip).
+.PHONY: nix-tools
+nix-tools:
+	@command -v nix-instantiate >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && apt-get install -y -qq nix-bin >/dev/null)
 
 # A master and two peers on 127.0.0.1 over a generated sample dataset; Ctrl-C stops it.
 demo: $(VENV)/.installed

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import uvloop
 
@@ -22,6 +24,7 @@ from sift.control.client import ControlClosed, ControlError, control_call
 from sift.control.server import SocketInUse
 from sift.demo import run_demo
 from sift.master.daemon import MasterDaemon
+from sift.net.tls import TLSError, client_context
 from sift.peer.daemon import NotOurDirectory, PeerDaemon
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.state import StateError
@@ -89,11 +92,13 @@ def _run_daemon(
 
 
 def cmd_master_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_master_config, MasterDaemon, args.config, args.log_level)
+    load = functools.partial(load_master_config, psk_file=args.psk_file)
+    return _run_daemon(load, MasterDaemon, args.config, args.log_level)
 
 
 def cmd_peer_start(args: argparse.Namespace) -> int:
-    return _run_daemon(load_peer_config, PeerDaemon, args.config, args.log_level)
+    load = functools.partial(load_peer_config, psk_file=args.psk_file)
+    return _run_daemon(load, PeerDaemon, args.config, args.log_level)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -109,9 +114,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(f"--master: {exc}", EXIT_USAGE)
     try:
-        status = asyncio.run(fetch_status(addr.host, addr.port, psk.encode()))
+        tls = _status_tls(args)
+    except (ConfigError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        status = asyncio.run(fetch_status(addr.host, addr.port, psk.encode(), tls=tls))
     except AuthenticationError as exc:
         return _fail(f"master {addr} refused the key: {exc}")
+    except TLSError as exc:
+        return _fail(f"master {addr}: {exc}")
     except TimeoutError:
         return _fail(f"master {addr} did not answer in time")
     except (OSError, ConnectionError) as exc:
@@ -139,8 +150,33 @@ def _status_from_socket(path: str, as_json: bool) -> int:
     return EXIT_OK
 
 
+def _status_tls(args: argparse.Namespace):
+    """The TLS context `sift status` dials with, from --tls/--tls-ca/--tls-cert/--tls-key."""
+    files = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    if not args.tls and not any(files.values()):
+        return None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together (a client certificate needs both)")
+    for flag, path in files.items():
+        if path is not None and not os.path.isfile(path):
+            raise ValueError(f"{flag} '{path}' is not a readable file")
+    ca, cert, key = (None if p is None else Path(p) for p in files.values())
+    return client_context(ca, cert, key)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    return run_demo(peers=args.peers, base_dir=args.dir, size_mb=args.size_mb)
+    return run_demo(
+        peers=args.peers, base_dir=args.dir, size_mb=args.size_mb, headless=args.headless
+    )
+
+
+def _add_psk_file_flag(start: argparse.ArgumentParser) -> None:
+    start.add_argument(
+        "--psk-file",
+        metavar="FILE",
+        help="read the pre-shared key from FILE instead of the config's psk/psk_file "
+        "(for service managers, e.g. systemd's %%d/psk credential)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,12 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     master_sub = master.add_subparsers(dest="action", required=True)
     start = master_sub.add_parser("start", help="watch watched_dir and serve peers (foreground)")
     start.add_argument("--config", required=True, help="path to master.toml")
+    _add_psk_file_flag(start)
     start.set_defaults(func=cmd_master_start)
 
     peer = sub.add_parser("peer", help="run a peer daemon")
     peer_sub = peer.add_subparsers(dest="action", required=True)
     start = peer_sub.add_parser("start", help="mirror the master into local_dir (foreground)")
     start.add_argument("--config", required=True, help="path to peer.toml")
+    _add_psk_file_flag(start)
     start.set_defaults(func=cmd_peer_start)
 
     status = sub.add_parser(
@@ -179,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--psk", help="pre-shared key for --master (default: $SIFT_PSK)")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--tls", action="store_true", help="connect over TLS (implied by the --tls-* options)"
+    )
+    status.add_argument(
+        "--tls-ca", metavar="FILE", help="verify the master's certificate against this CA"
+    )
+    status.add_argument(
+        "--tls-cert", metavar="FILE", help="client certificate, for a master with tls_ca set"
+    )
+    status.add_argument("--tls-key", metavar="FILE", help="private key for --tls-cert")
     status.set_defaults(func=cmd_status)
 
     demo = sub.add_parser("demo", help="run a master and peers on 127.0.0.1 over sample data")
@@ -186,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None, help="where to put the demo (default: a temp dir)")
     demo.add_argument(
         "--size-mb", type=int, default=32, help="size of the sample binary file in MB (default 32)"
+    )
+    demo.add_argument(
+        "--headless",
+        action="store_true",
+        help="print a one-line status instead of opening the sift-tui console",
     )
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import grp
 import os
 import stat
 import sys
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from sift.core.chunk import DEFAULT_PARAMS, ChunkParams
+from sift.core.private_file import readable_by_others
 
 __all__ = [
     "CONFIG_KEYS",
@@ -31,6 +33,7 @@ __all__ = [
     "MasterConfig",
     "PeerConfig",
     "Role",
+    "control_socket_of",
     "load_master_config",
     "load_peer_config",
     "master_config_from_dict",
@@ -146,7 +149,12 @@ class MasterConfig:
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
+    control_group: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
+    psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
     def __repr__(self) -> str:  # never print the key into a log
         return (
@@ -169,7 +177,12 @@ class PeerConfig:
     adopt: bool = False
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
+    control_group: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
     config_path: Path | None = None
+    psk_file_override: str | None = None  # --psk-file, which config.set must apply too
 
     def __repr__(self) -> str:  # never print the key into a log
         return (
@@ -203,9 +216,25 @@ _PSK_FILE_DESC = (
     "or others. Exactly one of `psk` and `psk_file` is required."
 )
 _FRAME_DESC = "Largest protocol frame accepted or sent, in bytes."
+_GROUP_DESC = (
+    "Group whose members may also use the control socket: the socket becomes mode 0660 with "
+    "this group. Unset: only the daemon's user and root."
+)
 _LOG_DESC = (
     "Log verbosity on stderr: `debug`, `info`, `warning` or `error`. `sift --log-level` "
     "overrides it; a change through the control socket applies at once."
+)
+_TLS_CERT_DESC = (
+    "PEM certificate (chain) of this node. With `tls_key` it turns TLS 1.3 on for this node's "
+    "listener and its outgoing connections; every node of a cluster must have TLS on, or none. "
+    "See docs/security.md."
+)
+_TLS_KEY_DESC = "PEM private key for `tls_cert`. Must not be readable by group or others."
+_TLS_CA_DESC = (
+    "PEM CA certificate(s). Set: the certificates of the nodes this one dials must verify "
+    "against it, and its listener requires client certificates that do (mutual TLS). "
+    "Unset: certificates are not checked; the TLS-bound key proof still stops relays. "
+    "Needs `tls_cert` and `tls_key`."
 )
 
 CONFIG_KEYS: tuple[ConfigKey, ...] = (
@@ -234,6 +263,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "Unix socket (mode 0600) for `sift status --control` and `sift-tui`.",
         '"/run/sift/lab.sock"',
     ),
+    ConfigKey("master", "control_group", "string", False, "", _GROUP_DESC, '"sift-operators"'),
     ConfigKey(
         "master", "chunk_min_size", "integer", False, "16384",
         "FastCDC minimum chunk size in bytes.", "16384",
@@ -261,6 +291,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         _FRAME_DESC + " Must exceed `chunk_max_size`.", "67108864",
     ),
     ConfigKey("master", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
+    ConfigKey("master", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/master.crt"'),
+    ConfigKey("master", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/master.key"'),
+    ConfigKey("master", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
     # peer
     ConfigKey(
         "peer", "master_addr", "address", True, "",
@@ -296,6 +329,7 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "Unix socket (mode 0600) for `sift status --control` and `sift-tui`.",
         '"/run/sift/edge1.sock"',
     ),
+    ConfigKey("peer", "control_group", "string", False, "", _GROUP_DESC, '"sift-operators"'),
     ConfigKey(
         "peer", "adopt", "boolean", False, "false",
         "Allow starting in a non-empty `local_dir` that sift has not synced before. Existing "
@@ -307,6 +341,9 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         _FRAME_DESC + " Must exceed the master's `chunk_max_size`.", "67108864",
     ),
     ConfigKey("peer", "log_level", "string", False, "info", _LOG_DESC, '"info"'),
+    ConfigKey("peer", "tls_cert", "path", False, "", _TLS_CERT_DESC, '"/etc/sift/edge1.crt"'),
+    ConfigKey("peer", "tls_key", "path", False, "", _TLS_KEY_DESC, '"/etc/sift/edge1.key"'),
+    ConfigKey("peer", "tls_ca", "path", False, "", _TLS_CA_DESC, '"/etc/sift/ca.crt"'),
 )  # fmt: skip
 
 MASTER_KEYS: dict[str, ConfigKey] = {k.name: k for k in CONFIG_KEYS if k.role == "master"}
@@ -338,16 +375,57 @@ def render_key_table(role: Role) -> str:
 # Loading
 
 
-def load_master_config(path: str | os.PathLike[str]) -> MasterConfig:
-    """Read and validate a master config file."""
+def load_master_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> MasterConfig:
+    """Read and validate a master config file. ``psk_file`` (``--psk-file``) replaces the
+    file's ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
-    return master_config_from_dict(data, config_path.parent, config_path=config_path)
+    data = with_psk_file(data, psk_file)
+    config = master_config_from_dict(data, config_path.parent, config_path=config_path)
+    return replace(config, psk_file_override=data.get("psk_file") if psk_file else None)
 
 
-def load_peer_config(path: str | os.PathLike[str]) -> PeerConfig:
-    """Read and validate a peer config file."""
+def load_peer_config(
+    path: str | os.PathLike[str], *, psk_file: str | os.PathLike[str] | None = None
+) -> PeerConfig:
+    """Read and validate a peer config file. ``psk_file`` (``--psk-file``) replaces the file's
+    ``psk``/``psk_file``."""
     config_path, data = _read_toml(path)
-    return peer_config_from_dict(data, config_path.parent, config_path=config_path)
+    data = with_psk_file(data, psk_file)
+    config = peer_config_from_dict(data, config_path.parent, config_path=config_path)
+    return replace(config, psk_file_override=data.get("psk_file") if psk_file else None)
+
+
+def control_socket_of(path: str | os.PathLike[str]) -> Path:
+    """Where the daemon configured by ``path`` puts its control socket, read without checking
+    the rest of the file: a console or script only needs the socket, and may not be allowed to
+    read the key (a NixOS config has none at all)."""
+    config_path, data = _read_toml(path)
+    role: Role = "master" if "watched_dir" in data else "peer"
+    r = _Reader(data, role, config_path.parent, config_path)
+    socket = r.path("control_socket")
+    if socket is not None:
+        return socket
+    state_dir = r.path("state_dir")
+    if state_dir is None:
+        state_dir = (
+            _default_master_state_dir(None)
+            if role == "master"
+            else r.required_path("local_dir") / ".sift" / "state"
+        )
+    return state_dir / "control.sock"
+
+
+def with_psk_file(data: dict[str, Any], psk_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The key file named on the command line wins over the config's key: a service manager
+    hands the daemon its key at start (systemd's ``--psk-file %d/psk``) while the config file
+    itself stays free of secrets and world-readable."""
+    if psk_file is None:
+        return data
+    rest = {k: v for k, v in data.items() if k not in ("psk", "psk_file")}
+    # Absolute: a relative --psk-file means the current directory, not the config's.
+    return {**rest, "psk_file": os.path.abspath(os.fspath(psk_file))}
 
 
 def master_config_from_dict(
@@ -378,6 +456,7 @@ def master_config_from_dict(
             f"max_frame_size: {max_frame_size} is too small for chunk_max_size "
             f"{params.max_size} (need at least {params.max_size + FRAME_OVERHEAD})",
         )
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return MasterConfig(
         watched_dir=watched_dir,
         psk=psk,
@@ -389,6 +468,10 @@ def master_config_from_dict(
         debounce_ms=debounce_ms,
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+        control_group=r.group("control_group"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -414,6 +497,7 @@ def peer_config_from_dict(
     _check_not_published(r, "control_socket", control_socket, local_dir, "local_dir")
     adopt = r.boolean("adopt", False)
     max_frame_size = r.integer("max_frame_size", DEFAULT_MAX_FRAME_SIZE, minimum=MIN_FRAME_SIZE)
+    tls_cert, tls_key, tls_ca = r.tls_files()
     return PeerConfig(
         master_addr=master_addr,
         psk=psk,
@@ -425,6 +509,10 @@ def peer_config_from_dict(
         adopt=adopt,
         max_frame_size=max_frame_size,
         log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+        control_group=r.group("control_group"),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         config_path=config_path,
     )
 
@@ -568,6 +656,15 @@ class _Reader:
             raise self.error(key, f"{key}: must be a finite number >= 0, got {value:g}")
         return value
 
+    def group(self, key: str) -> str | None:
+        name = self.string(key)
+        if name is not None:
+            try:
+                grp.getgrnam(name)
+            except KeyError:
+                raise self.error(key, f"{key}: no such group {name!r}") from None
+        return name
+
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.string(key)
         if value is None:
@@ -605,6 +702,36 @@ class _Reader:
             raise self.error("psk", "missing required key 'psk' or 'psk_file'")
         return self._read_psk_file(self.required_path("psk_file"))
 
+    def tls_files(self) -> tuple[Path | None, Path | None, Path | None]:
+        """``tls_cert``, ``tls_key``, ``tls_ca``: checked to exist and be readable, the key
+        private to its owner. The certificates themselves are parsed by sift.net.tls."""
+        cert, key, ca = self.path("tls_cert"), self.path("tls_key"), self.path("tls_ca")
+        if (cert is None) != (key is None):
+            have, need = ("tls_cert", "tls_key") if key is None else ("tls_key", "tls_cert")
+            raise self.error(need, f"{have} is set but {need} is not (TLS needs both)")
+        if ca is not None and cert is None:
+            raise self.error(
+                "tls_ca", "tls_ca is set but tls_cert and tls_key are not (TLS needs both)"
+            )
+        for name, path in (("tls_cert", cert), ("tls_key", key), ("tls_ca", ca)):
+            if path is not None:
+                self._check_readable_file(name, path, private=name == "tls_key")
+        return cert, key, ca
+
+    def _check_readable_file(self, key: str, path: Path, *, private: bool) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise self.error(key, f"{key} '{path}' cannot be read: {e.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise self.error(key, f"{key} '{path}' is not a regular file")
+        if private and st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise self.error(key, f"{key} '{path}' is readable by other users (chmod 600 it)")
+
     def _read_psk_file(self, path: Path) -> bytes:
         try:
             # O_NONBLOCK: a FIFO given by mistake must not hang the daemon at startup.
@@ -617,8 +744,9 @@ class _Reader:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise self.error("psk_file", f"psk_file '{path}' is not a regular file")
-            # A key others can read is a key others have: refuse rather than warn.
-            if st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            # A key others can read is a key others have: refuse rather than warn. ACL-aware, so
+            # a systemd credential (0400 plus a read entry for this user) passes.
+            if readable_by_others(fd, st):
                 raise self.error(
                     "psk_file", f"psk_file '{path}' is readable by other users (chmod 600 it)"
                 )

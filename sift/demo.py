@@ -85,7 +85,9 @@ def _write_config(path: Path, values: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_demo(peers: int = 2, base_dir: str | None = None, size_mb: int = 32) -> int:
+def run_demo(
+    peers: int = 2, base_dir: str | None = None, size_mb: int = 32, headless: bool = False
+) -> int:
     if peers < 1:
         print("sift demo: --peers must be at least 1", file=sys.stderr)
         return 2
@@ -138,20 +140,28 @@ def run_demo(peers: int = 2, base_dir: str | None = None, size_mb: int = 32) -> 
         )
         spawn(f"peer{i}", ["peer", "start", "--config", str(pdir / "peer.toml")])
 
+    master_socket = base / "master" / "state" / "control.sock"
+    if not headless and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("sift demo: no terminal for the console; showing the plain status line instead")
+        headless = True
+
     print(f"\nsift demo in {base}")
     print(f"  master  127.0.0.1:{port}  watching {master_dir}  (log: {base / 'master.log'})")
     for i in range(1, peers + 1):
         print(f"  peer{i}   mirror in {base / f'peer{i}' / 'data'}  (log: {base / f'peer{i}.log'})")
     print(f"\n  status: SIFT_PSK={psk} sift status --master 127.0.0.1:{port}")
+    print(f"  console: sift-tui --socket {master_socket}")
     print("  edit files under the master's data directory and watch the peers follow.")
-    print("  Ctrl-C stops the demo.\n")
+    print("  Ctrl-C stops the demo.\n" if headless else "  Quitting the console stops the demo.\n")
 
     stop = {"flag": False}
     previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
     code = 0
     try:
-        while not stop["flag"]:
+        if not headless:
+            code = _console(master_socket, procs, base)
+        while headless and not stop["flag"]:
             dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
             if dead:
                 print(
@@ -181,6 +191,21 @@ def run_demo(peers: int = 2, base_dir: str | None = None, size_mb: int = 32) -> 
         if temp:
             shutil.rmtree(base, ignore_errors=True)
     return code
+
+
+def _console(master_socket: Path, procs: list[tuple[str, subprocess.Popen]], base: Path) -> int:
+    """Run sift-tui on the demo's master in this terminal until the user quits it. A separate
+    process: the headless package never imports textual."""
+    subprocess.run([sys.executable, "-m", "sift_tui", "--socket", str(master_socket)], check=False)
+    dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
+    if dead:
+        print(
+            f"sift demo: {dead[0][0]} exited with code {dead[0][1]}; "
+            f"see {base / (dead[0][0] + '.log')}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _status_line(port: int, psk: bytes, peers: int) -> str:

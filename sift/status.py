@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import ssl
 
 from sift.net.channel import connect
 from sift.protocol.messages import StatusRequest, StatusResponse
@@ -16,9 +17,22 @@ async def _no_requests(_channel, _msg) -> None:
     return None  # a status client serves nothing; pushes and the like are ignored
 
 
-async def fetch_status(host: str, port: int, psk: bytes, timeout: float = STATUS_TIMEOUT) -> dict:
+async def fetch_status(
+    host: str,
+    port: int,
+    psk: bytes,
+    timeout: float = STATUS_TIMEOUT,
+    *,
+    tls: ssl.SSLContext | None = None,
+) -> dict:
     channel = await connect(
-        host, port, psk, "status-" + secrets.token_hex(3), node_role="client", timeout=timeout
+        host,
+        port,
+        psk,
+        "status-" + secrets.token_hex(3),
+        node_role="client",
+        timeout=timeout,
+        tls=tls,
     )
     reading = asyncio.ensure_future(channel.serve(_no_requests))
     try:

@@ -188,7 +188,7 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (stale socket: the daemon is not running)"
     if isinstance(exc, PermissionError):
-        return "permission denied (the socket belongs to another user)"
+        return "permission denied (run as the daemon's user, or join its control group)"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
     if isinstance(exc, ControlError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import re
 import tomllib
@@ -519,11 +520,13 @@ def test_documented_error_messages_are_exact(
 
 def _example_with_optional_keys(name: str) -> tuple[str, dict[str, Any]]:
     """An example file's text, and its data with every commented-out key line enabled too
-    (except psk_file, which excludes psk): the commented values must be valid as well."""
+    (except psk_file, which excludes psk, and the TLS files, which must exist: they are loaded
+    in tests/test_tls_config.py): the commented values must be valid as well."""
     text = (EXAMPLES / name).read_text()
     enabled = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.MULTILINE)
     data = tomllib.loads(enabled)
-    data.pop("psk_file")
+    for key in ("psk_file", "tls_cert", "tls_key", "tls_ca"):
+        data.pop(key)
     return text, data
 
 
@@ -541,6 +544,7 @@ def test_master_example_documents_every_key_and_loads(tmp_path: Path) -> None:
     # And with every optional key enabled.
     _, full = _example_with_optional_keys("master.toml")
     full.update(watched_dir=str(tmp_path / "science"), state_dir=str(tmp_path / "state"))
+    full.update(control_group=grp.getgrgid(os.getgid()).gr_name)  # one that exists here
     cfg = master_config_from_dict(full, tmp_path)
     assert cfg.params == DEFAULT_PARAMS
     assert cfg.rescan_interval == 300
@@ -563,6 +567,7 @@ def test_peer_example_documents_every_key_and_loads(tmp_path: Path) -> None:
     assert cfg.bind_addr == Address("0.0.0.0", 7778)
     _, full = _example_with_optional_keys("peer.toml")
     full.update(local_dir=str(tmp_path / "local"), state_dir=str(tmp_path / "state"))
+    full.update(control_group=grp.getgrgid(os.getgid()).gr_name)  # one that exists here
     cfg = peer_config_from_dict(full, tmp_path)
     assert cfg.adopt is True
     assert cfg.advertise_addr == Address("10.0.0.2", 7778)
@@ -576,3 +581,30 @@ def test_example_values_match_the_key_table() -> None:
             if key.name in ("watched_dir", "local_dir", "master_addr", "psk", "bind_addr"):
                 continue  # the quick-start values, checked above
             assert f"# {key.name} = {key.example}\n" in text, (name, key.name)
+
+
+def test_control_group_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    base = {"watched_dir": "data", "psk": "k", "state_dir": str(tmp_path / "state")}
+    with pytest.raises(ConfigError, match="control_group: no such group 'no-such-group-x'"):
+        master_config_from_dict({**base, "control_group": "no-such-group-x"}, tmp_path)
+    group = grp.getgrgid(os.getgid()).gr_name
+    assert (
+        master_config_from_dict({**base, "control_group": group}, tmp_path).control_group == group
+    )
+
+
+def test_control_socket_of_reads_only_what_it_needs(tmp_path: Path) -> None:
+    from sift.config import control_socket_of
+
+    master = tmp_path / "master.toml"
+    master.write_text('watched_dir = "/nowhere"\nstate_dir = "state"\n')  # no key, no such dir
+    assert control_socket_of(master) == tmp_path / "state" / "control.sock"
+    master.write_text('watched_dir = "/x"\ncontrol_socket = "/run/sift-master-lab/control.sock"\n')
+    assert control_socket_of(master) == Path("/run/sift-master-lab/control.sock")
+    peer = tmp_path / "peer.toml"
+    peer.write_text('master_addr = "m:7777"\nlocal_dir = "mirror"\n')
+    assert control_socket_of(peer) == tmp_path / "mirror" / ".sift" / "state" / "control.sock"
+    peer.write_text('master_addr = "m:7777"\n')
+    with pytest.raises(ConfigError, match="local_dir"):
+        control_socket_of(peer)

@@ -12,6 +12,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from sift.control.sockpath import reachable_path
 from sift.control.wire import MAX_LINE, ControlError, decode_line, encode_line
 
 __all__ = ["ControlClient", "ControlClosed", "ControlError", "control_call"]
@@ -38,9 +39,10 @@ class ControlClient:
     async def connect(cls, path: str | Path, timeout: float = CONNECT_TIMEOUT) -> ControlClient:
         """Connect to a daemon's control socket. Raises OSError (FileNotFoundError,
         ConnectionRefusedError, PermissionError) when no daemon answers there."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(path), limit=MAX_LINE * 64), timeout
-        )
+        with reachable_path(path) as where:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(where, limit=MAX_LINE * 64), timeout
+            )
         return cls(reader, writer)
 
     async def call(

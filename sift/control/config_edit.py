@@ -25,6 +25,7 @@ from sift.config import (
     PeerConfig,
     master_config_from_dict,
     peer_config_from_dict,
+    with_psk_file,
 )
 from sift.control.wire import ControlError
 
@@ -98,8 +99,8 @@ def coerce(key: ConfigKey, value: Any) -> Any:
     try:
         if key.type == "integer":
             return int(text)
-        if key.type == "float":
-            return float(text)
+        if key.type == "float":  # "60" stays an integer in the file; TOML numbers accept both
+            return int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:
         raise ControlError("invalid", f"{key.name}: expected {key.type}, got {value!r}") from None
     if key.type == "boolean":
@@ -109,7 +110,11 @@ def coerce(key: ConfigKey, value: Any) -> Any:
     return value
 
 
-def set_config_value(role: str, path: Path | None, key: str, value: Any) -> ConfigChange:
+def set_config_value(
+    role: str, path: Path | None, key: str, value: Any, *, psk_file: str | None = None
+) -> ConfigChange:
+    """Validate and write one key. ``psk_file`` is the daemon's ``--psk-file``, which replaces
+    the file's key at start and so must here too."""
     path = _require_file(path)
     spec = _keys(role).get(key)
     if spec is None:
@@ -129,7 +134,8 @@ def set_config_value(role: str, path: Path | None, key: str, value: Any) -> Conf
     text = tomlkit.dumps(doc)
     load = master_config_from_dict if role == "master" else peer_config_from_dict
     try:
-        config = load(tomllib.loads(text), path.parent, config_path=path)
+        data = with_psk_file(tomllib.loads(text), psk_file)
+        config = load(data, path.parent, config_path=path)
     except ConfigError as exc:
         raise ControlError("invalid", exc.message) from None
     _replace_file(path, text)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sift.control.sockpath import reachable_path
 from sift.control.wire import (
     MAX_LINE,
     ControlError,
@@ -40,36 +43,81 @@ class SocketInUse(OSError):
     """Another live process already answers on the control socket path."""
 
 
-def peer_uid(sock: socket.socket) -> int | None:
-    """The user id of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int] | None:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
     try:
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     except (OSError, AttributeError):
         return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    pid, uid, gid = struct.unpack("3i", creds)
+    return pid, uid, gid
+
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; Python has no constant
+MAX_GROUPS = 256  # getsockopt buffers are capped at 1024 bytes; more groups fall back
+
+
+def client_groups(sock: socket.socket, pid: int, uid: int, gid: int) -> set[int]:
+    """Every group id the client process has, supplementary ones included. SO_PEERGROUPS asks
+    the kernel directly and works even when /proc hides other users' processes (systemd's
+    ProtectProc=invisible); /proc and then the user database are fallbacks."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+        count = len(raw) // 4
+        return {gid, *struct.unpack(f"{count}I", raw[: 4 * count])}
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return {gid, *(int(g) for g in line.split()[1:])}
+    except (OSError, ValueError):
+        pass
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return {gid}
+    return {gid, *(g.gr_gid for g in grp.getgrall() if name in g.gr_mem)}
 
 
 class ControlServer:
-    def __init__(self, path: Path, bus: EventBus, handlers: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        bus: EventBus,
+        handlers: dict[str, Handler],
+        group: str | None = None,
+    ) -> None:
         self.path = Path(path)
         self.bus = bus
         self.handlers = handlers
         self.allowed_uids = {0, os.getuid()}
+        # Members of this group may connect too (socket mode 0660 instead of 0600).
+        self.group_id = grp.getgrnam(group).gr_gid if group else None
         self.server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         await self._clear_stale_socket()
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, mode=0o700)
+            if self.group_id is not None:  # the group must be able to reach the socket
+                os.chown(self.path.parent, -1, self.group_id)
+                os.chmod(self.path.parent, 0o750)
         old_umask = os.umask(0o177)  # the socket file is born 0600: no window where others connect
         try:
-            self.server = await asyncio.start_unix_server(
-                self._on_connect, path=str(self.path), limit=MAX_LINE
-            )
+            with reachable_path(self.path) as where:
+                self.server = await asyncio.start_unix_server(
+                    self._on_connect, path=where, limit=MAX_LINE
+                )
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        if self.group_id is not None:
+            os.chown(self.path, -1, self.group_id)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
         log.info("control socket at %s", self.path)
 
     async def _clear_stale_socket(self) -> None:
@@ -80,14 +128,21 @@ class ControlServer:
         if not stat.S_ISSOCK(st.st_mode):
             raise SocketInUse(f"control socket {self.path} exists and is not a socket")
         try:
-            _reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path)), 2.0
-            )
+            with reachable_path(self.path) as where:
+                _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(where), 2.0)
         except (OSError, TimeoutError):
             os.unlink(self.path)  # left behind by a daemon that died
             return
         writer.close()
         raise SocketInUse(f"control socket {self.path} is in use by another running daemon")
+
+    def allowed(self, sock: socket.socket, creds: tuple[int, int, int] | None) -> bool:
+        if creds is None:
+            return False
+        pid, uid, gid = creds
+        if uid in self.allowed_uids:
+            return True
+        return self.group_id is not None and self.group_id in client_groups(sock, pid, uid, gid)
 
     async def close(self) -> None:
         if self.server is not None:
@@ -101,9 +156,10 @@ class ControlServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         task = asyncio.current_task()
         sock = writer.get_extra_info("socket")
-        uid = peer_uid(sock) if sock is not None else None
+        creds = peer_credentials(sock) if sock is not None else None
         try:
-            if uid not in self.allowed_uids:
+            if not self.allowed(sock, creds):
+                uid = creds[1] if creds else "?"
                 log.warning("control socket: refused a client running as uid %s", uid)
                 await self._send(writer, error_reply(None, "forbidden", "not allowed: wrong user"))
                 return
@@ -144,7 +200,8 @@ class _Session:
                     line = await self.reader.readuntil(b"\n")
                 except asyncio.LimitOverrunError:
                     await self.send(error_reply(None, "bad_request", "request line too long"))
-                    return
+                    await self.skip_line()
+                    continue
                 except asyncio.IncompleteReadError:
                     return
                 if line.strip():
@@ -156,6 +213,15 @@ class _Session:
                 self.forwarder.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self.forwarder
+
+    async def skip_line(self) -> None:
+        """Drop the rest of an overlong line, so the next request is read cleanly."""
+        while True:
+            try:
+                await self.reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await self.reader.readexactly(exc.consumed)
 
     async def answer(self, line: bytes) -> dict[str, Any]:
         req_id = None

@@ -5,6 +5,7 @@ turned into ``log`` events, and the once-a-second ``rates`` event."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ class ControlService:
     ) -> None:
         self.role = role
         self.config_path: Path | None = config.config_path
+        self.psk_file_override = config.psk_file_override
         self.socket_path = config.control_socket
         self.bus = EventBus()
         self.rates = RateTable()
@@ -56,6 +58,7 @@ class ControlService:
                 "config.set": self._handle_config_set,
                 **(handlers or {}),
             },
+            group=config.control_group,
         )
         self._log_handler: BusLogHandler | None = None
 
@@ -103,7 +106,14 @@ class ControlService:
         if not isinstance(key, str):
             raise ControlError("bad_request", 'config.set needs a "key"')
         change = await asyncio.to_thread(
-            set_config_value, self.role, self.config_path, key, params.get("value")
+            functools.partial(
+                set_config_value,
+                self.role,
+                self.config_path,
+                key,
+                params.get("value"),
+                psk_file=self.psk_file_override,
+            )
         )
         if change.live:
             if key == "log_level":

@@ -36,8 +36,9 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
 from sift.metrics import RateTable
-from sift.net.channel import Channel, accept
+from sift.net.channel import HANDSHAKE_TIMEOUT, Channel, accept
 from sift.net.tasks import run_until_stopped
+from sift.net.tls import node_tls
 from sift.protocol import ProtocolError
 from sift.protocol.messages import (
     ChunkRequest,
@@ -82,6 +83,7 @@ class PeerSession:
 class MasterDaemon:
     def __init__(self, config: MasterConfig):
         self.config = config
+        self.tls = node_tls(config)  # None: plain TCP
         self.node_id = "master-" + secrets.token_hex(4)
         self.root = config.watched_dir
         self.db = open_db(db_path(config.state_dir), role="master")
@@ -122,12 +124,21 @@ class MasterDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         await self.control.start()
         host, port = self.config.bind_addr
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.tls.server.context if self.tls else None
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+        )
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
-            "master listening on %s:%d, watching %s (manifest version %d)",
+            "master listening on %s:%d%s, watching %s (manifest version %d)",
             host,
             self.bound_port,
+            " (TLS)" if tls else "",
             self.root,
             self.current.version,
         )
@@ -315,6 +326,7 @@ class MasterDaemon:
                 self.node_id,
                 lambda: self.current.version,
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.server if self.tls else None,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)

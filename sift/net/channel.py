@@ -10,10 +10,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from sift import __version__
+from sift.net.tls import (
+    ChannelBindingError,
+    ServerTLS,
+    TLSError,
+    channel_binding,
+    describe_tls_failure,
+    looks_like_tls,
+)
 from sift.protocol import Connection, ProtocolError, Role
 from sift.protocol.messages import (
     ChunkRequest,
@@ -231,13 +240,41 @@ class Channel:
         return f"{self.peer_node_id}@{self.remote_host}:{self.remote_port}"
 
 
+# TLS 1.3 lets the client finish its handshake before the server has checked the client's
+# certificate, so a refused certificate shows up as the connection closing right afterwards.
+CLOSED_AFTER_TLS_HANDSHAKE = (
+    "TLS handshake failed: the server closed the connection at once (it may require a client "
+    "certificate signed by its tls_ca)"
+)
+
+CLOSED_BEFORE_PLAIN_HANDSHAKE = (
+    "connection closed during the handshake (a node with TLS on closes plain connections like "
+    "this: is TLS on over there?)"
+)
+
+
 async def _drive_handshake(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: Connection, *, tls: bool
 ) -> Message:
     """Pump bytes until the handshake yields its message (Hello on a server, HelloAck on a
     client). Raises ProtocolError (AuthenticationError for a wrong key) or ChannelClosed."""
+    first = True
     while True:
-        data = await reader.read(65536)
+        try:
+            data = await reader.read(65536)
+        except ssl.SSLError as exc:  # e.g. TLS 1.3 reports a refused client certificate here
+            raise TLSError(describe_tls_failure(exc)) from None
+        if first and not tls and looks_like_tls(data):
+            # Say what is wrong instead of "bad frame magic": the other side has TLS on.
+            raise TLSError(
+                "the other side speaks TLS but TLS is off here (set tls_cert and tls_key on "
+                "every node of the cluster, or on none)"
+            )
+        if first and not data and conn.our_role is Role.CLIENT:
+            if tls:
+                raise TLSError(CLOSED_AFTER_TLS_HANDSHAKE)
+            raise ChannelClosed(CLOSED_BEFORE_PLAIN_HANDSHAKE)
+        first = False
         try:
             conn.receive_data(data)
             msg = conn.next_message()
@@ -256,6 +293,19 @@ async def _drive_handshake(
             raise ChannelClosed("connection closed during the handshake")
 
 
+def _binding(writer: asyncio.StreamWriter, server_cert_der: bytes | None) -> bytes:
+    """The TLS channel binding of this connection (b"" without TLS)."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return b""
+    if server_cert_der is None:  # client side: the certificate the server presented
+        server_cert_der = ssl_object.getpeercert(binary_form=True) or b""
+    try:
+        return channel_binding(ssl_object, server_cert_der)
+    except ChannelBindingError as exc:
+        raise TLSError(f"cannot bind the handshake to the TLS session: {exc}") from None
+
+
 async def connect(
     host: str,
     port: int,
@@ -267,13 +317,38 @@ async def connect(
     advertise_addr: str | None = None,
     max_frame_size: int | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> Channel:
-    """Open a TCP connection and authenticate. Raises OSError / TimeoutError when unreachable,
-    AuthenticationError on a wrong key."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=READ_SIZE), timeout
-    )
+    """Open a TCP connection (TLS 1.3 when ``tls`` is given) and authenticate. Raises OSError /
+    TimeoutError when unreachable, TLSError when the TLS handshake fails, AuthenticationError on
+    a wrong key."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host,
+                port,
+                limit=READ_SIZE,
+                ssl=tls,
+                server_hostname=host if tls is not None else None,
+                ssl_handshake_timeout=timeout if tls is not None else None,
+            ),
+            timeout,
+        )
+    except ssl.SSLError as exc:
+        raise TLSError(describe_tls_failure(exc)) from None
+    except ConnectionResetError:
+        if tls is None:
+            raise
+        raise TLSError(
+            "TLS handshake failed: the other side closed the connection (is TLS on over there? "
+            "TLS must be on for every node of a cluster, or off for all)"
+        ) from None
     kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
+    try:
+        binding = _binding(writer, None)
+    except BaseException:
+        writer.close()
+        raise
     conn = Connection(
         Role.CLIENT,
         psk,
@@ -282,12 +357,20 @@ async def connect(
         software=f"sift/{__version__}",
         listen_port=listen_port,
         advertise_addr=advertise_addr,
+        channel_binding=binding,
         **kwargs,
     )
     try:
         writer.write(conn.initiate())
         await writer.drain()
-        ack = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+        ack = await asyncio.wait_for(
+            _drive_handshake(reader, writer, conn, tls=tls is not None), timeout
+        )
+    except ConnectionResetError:
+        writer.close()
+        if tls is None:
+            raise ChannelClosed(CLOSED_BEFORE_PLAIN_HANDSHAKE) from None
+        raise TLSError(CLOSED_AFTER_TLS_HANDSHAKE) from None
     except BaseException:
         writer.close()
         raise
@@ -304,11 +387,16 @@ async def accept(
     *,
     max_frame_size: int | None = None,
     timeout: float = HANDSHAKE_TIMEOUT,
+    tls: ServerTLS | None = None,
 ) -> Channel:
-    """Server side of the handshake on a freshly accepted connection."""
+    """Server side of the handshake on a freshly accepted connection. With ``tls`` (the
+    listener's TLS, whose handshake asyncio already did) the proofs are bound to the session."""
     kwargs = {"max_frame_size": max_frame_size} if max_frame_size else {}
-    conn = Connection(Role.SERVER, psk, node_id, **kwargs)
-    hello = await asyncio.wait_for(_drive_handshake(reader, writer, conn), timeout)
+    binding = _binding(writer, tls.cert_der) if tls is not None else b""
+    conn = Connection(Role.SERVER, psk, node_id, channel_binding=binding, **kwargs)
+    hello = await asyncio.wait_for(
+        _drive_handshake(reader, writer, conn, tls=tls is not None), timeout
+    )
     assert isinstance(hello, Hello)
     peer = writer.get_extra_info("peername") or ("?", 0)
     writer.write(conn.accept(manifest_version(), f"{peer[0]}:{peer[1]}"))

@@ -28,10 +28,18 @@ from sift.core.manifest import (
 )
 from sift.core.paths import RESERVED_DIR
 from sift.metrics import RateTable
-from sift.net.channel import Channel, ChannelClosed, RemoteError, accept, connect
+from sift.net.channel import (
+    HANDSHAKE_TIMEOUT,
+    Channel,
+    ChannelClosed,
+    RemoteError,
+    accept,
+    connect,
+)
 from sift.net.tasks import run_until_stopped
+from sift.net.tls import TLSError, node_tls
 from sift.peer.fetch import FetchFailed, ManifestOutdated
-from sift.peer.sync import LocalChunks, Syncer
+from sift.peer.sync import LocalChunks, Syncer, SyncProgress
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.protocol.messages import (
     ChunkRequest,
@@ -79,6 +87,7 @@ class PeerDaemon:
     def __init__(self, config: PeerConfig):
         check_local_dir(config)
         self.config = config
+        self.tls = node_tls(config)  # None: plain TCP
         self.local_dir = config.local_dir
         (self.local_dir / RESERVED_DIR).mkdir(exist_ok=True)
         self.db = open_db(db_path(config.state_dir), role="peer")
@@ -91,12 +100,20 @@ class PeerDaemon:
         self.node_id = node_id
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
-        self.syncer = Syncer(self.local_dir, self.cache, self.chunks, self, self._progress)
+        self.syncer = Syncer(
+            self.local_dir,
+            self.cache,
+            self.chunks,
+            self,
+            self._progress,
+            on_start=self._sync_started,
+        )
         self.master: Channel | None = None
         self.master_version = 0
         self._master_ready = asyncio.Event()
         self._sync_needed = asyncio.Event()
         self._peer_channels: dict[str, Channel] = {}
+        self._inbound: set[Channel] = set()  # other peers connected to us
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._new_holdings: list[bytes] = []
         self.server: asyncio.Server | None = None
@@ -126,14 +143,23 @@ class PeerDaemon:
     async def run(self, stop: asyncio.Event) -> None:
         await self.control.start()
         host, port = self.config.bind_addr
-        self.server = await asyncio.start_server(self._on_connect, host, port, limit=1 << 20)
+        tls = self.tls.server.context if self.tls else None
+        self.server = await asyncio.start_server(
+            self._on_connect,
+            host,
+            port,
+            limit=1 << 20,
+            ssl=tls,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+        )
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
-            "peer %s serving %s on %s:%d (synced version %d)",
+            "peer %s serving %s on %s:%d%s (synced version %d)",
             self.node_id,
             self.local_dir,
             host,
             self.bound_port,
+            " (TLS)" if tls else "",
             self.synced_version,
         )
         await run_until_stopped(
@@ -150,7 +176,7 @@ class PeerDaemon:
     async def shutdown(self) -> None:
         if self.server is not None:
             self.server.close()
-        channels = list(self._peer_channels.values())
+        channels = list(self._peer_channels.values()) + list(self._inbound)
         if self.master is not None:
             channels.append(self.master)
         await asyncio.gather(
@@ -179,10 +205,13 @@ class PeerDaemon:
                     if self.config.advertise_addr
                     else None,
                     max_frame_size=self.config.max_frame_size,
+                    tls=self.tls.client if self.tls else None,
                 )
             except AuthenticationError as exc:
                 log.error("master %s:%d refused us: %s", host, port, exc)
                 delay = BACKOFF_MAX
+            except TLSError as exc:  # a TLS mismatch, or a master going away mid-handshake
+                log.warning("master %s:%d: %s; retrying in %.1fs", host, port, exc, delay)
             except (OSError, TimeoutError, ProtocolError, ChannelClosed) as exc:
                 log.info("master %s:%d unreachable (%s); retrying in %.1fs", host, port, exc, delay)
             else:
@@ -284,12 +313,6 @@ class PeerDaemon:
             return  # the master has not finished its first scan: nothing to mirror yet
         self.syncing = True
         self._sources = {}
-        self.bus.publish(
-            "sync.started",
-            version=target.version,
-            files=target.file_count,
-            bytes=target.total_bytes,
-        )
         try:
             report = await self.syncer.run(target)
         finally:
@@ -324,6 +347,11 @@ class PeerDaemon:
         self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()
         await self._send_holdings(full=True)
+
+    def _sync_started(self, progress: SyncProgress) -> None:
+        data = progress.to_dict()
+        del data["current"]
+        self.bus.publish("sync.started", **data)
 
     def _progress(self, added: list[bytes]) -> None:
         self._new_holdings.extend(added)
@@ -404,6 +432,7 @@ class PeerDaemon:
                 self.node_id,
                 node_role="peer",
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.client if self.tls else None,
             )
             self._peer_channels[addr] = channel
             task = asyncio.ensure_future(channel.serve(self._handle_peer_request))
@@ -422,13 +451,22 @@ class PeerDaemon:
                 self.node_id,
                 lambda: self.synced_version,
                 max_frame_size=self.config.max_frame_size,
+                tls=self.tls.server if self.tls else None,
             )
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
             return
-        await channel.serve(self._handle_peer_request)
-        self.rates.forget(channel.peer_node_id)
+        self._inbound.add(channel)
+        try:
+            await channel.serve(self._handle_peer_request)
+        except asyncio.CancelledError:
+            # Only at exit, for a connection still open when the loop shuts down; re-raising
+            # would make asyncio log the cancelled handler as an ERROR with a traceback.
+            await channel.close("peer shutting down", send_goodbye=False)
+        finally:
+            self._inbound.discard(channel)
+            self.rates.forget(channel.peer_node_id)
 
     async def _handle_peer_request(self, channel: Channel, msg: Message) -> Message | None:
         if isinstance(msg, ChunkRequest):

@@ -123,6 +123,8 @@ class Syncer:
         chunks: LocalChunks,
         source: ChunkSource,
         on_progress: Callable[[list[bytes]], None] | None = None,
+        *,
+        on_start: Callable[[SyncProgress], None] | None = None,
     ):
         self.local_dir = Path(local_dir)
         self.cache = cache
@@ -130,6 +132,7 @@ class Syncer:
         self.source = source
         self.assembler = Assembler(self.local_dir)
         self.on_progress = on_progress or (lambda added: None)
+        self.on_start = on_start or (lambda progress: None)
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
         self.progress: SyncProgress | None = None  # set while a sync with work to do runs
 
@@ -157,6 +160,7 @@ class Syncer:
             bytes_total=sum(p.entry.size for p in parts),
             bytes_done=sum(p.entry.size - _missing_bytes(p) for p in parts),
         )
+        self.on_start(self.progress)
         try:
             dests = self._destinations(parts)
             report.bytes_copied_locally = await self._copy_local(dests)

@@ -133,6 +133,7 @@ class Cluster:
         self.master_dir.mkdir(parents=True)
         self.master: Daemon | None = None
         self.peers: list[tuple[Daemon, Path, int]] = []
+        self.status_tls = None  # an ssl.SSLContext for status queries when the nodes use TLS
 
     def write_config(self, path: Path, values: dict) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -181,10 +182,24 @@ class Cluster:
             daemon.start()
         return daemon
 
+    @property
+    def master_socket(self) -> Path:
+        """The master's control socket (the default: <state_dir>/control.sock)."""
+        return self.base / "master" / "state" / "control.sock"
+
+    def peer_socket(self, index: int) -> Path:
+        return self.peers[index][1] / ".sift" / "state" / "control.sock"
+
     def try_status(self, port: int | None = None) -> dict | None:
         try:
             return asyncio.run(
-                fetch_status("127.0.0.1", port or self.master_port, self.psk.encode(), 5.0)
+                fetch_status(
+                    "127.0.0.1",
+                    port or self.master_port,
+                    self.psk.encode(),
+                    5.0,
+                    tls=self.status_tls,
+                )
             )
         except Exception:
             return None
@@ -224,6 +239,10 @@ class Cluster:
             raise
 
     def close(self) -> None:
+        # Signal every peer first so they shut down in parallel, then wait for each.
+        for daemon, _, _ in self.peers:
+            if daemon.running:
+                daemon.proc.send_signal(signal.SIGTERM)
         for daemon, _, _ in self.peers:
             daemon.stop()
         if self.master is not None:

@@ -25,6 +25,7 @@ def test_demo_converges_and_stops_cleanly(tmp_path):
             str(tmp_path),
             "--size-mb",
             "2",
+            "--headless",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
