@@ -182,17 +182,9 @@ class PeerState:
             return {"summary"}
         if kind == "sync.started":
             s["syncing"] = True
-            # docs/control.md names the totals files_to_write/bytes_total; until the first
-            # progress event, a missing total reads as unknown rather than as zero.
-            self.progress = {
-                "version": data.get("version"),
-                "bytes_done": 0,
-                "bytes_total": data.get("bytes_total"),
-                "files_to_write": data.get("files_to_write"),
-                "files_to_delete": data.get("files_to_delete"),
-                "current": [],
-                "sources": {},
-            }
+            # A resumed sync starts with bytes_done > 0; a missing total reads as unknown.
+            self.progress = {"bytes_done": 0, "bytes_total": None, "current": [], "sources": {}}
+            self.progress.update(data)
             return {"summary", "progress", "sources"}
         if kind == "sync.progress":
             self.progress = {**(self.progress or {}), **data}
