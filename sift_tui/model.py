@@ -68,18 +68,26 @@ class MasterState:
         self.status: dict[str, Any] = {}
         self.versions: list[dict[str, Any]] = []
         self.files: list[dict[str, Any]] = []
+        self.files_of: tuple[Any, Any] | None = None  # (node id, version) the file list is of
         self.peers: dict[str, dict[str, Any]] = {}
         self.history = RateHistory(("master_out", "p2p"))
 
     # -- snapshot --------------------------------------------------------------------------------
     def apply_status(self, status: dict[str, Any]) -> set[str]:
+        parts = {"summary", "versions", "peers", "rates"}
+        # A version's file list never changes, and diffing a big one costs the UI: only take it
+        # in when the version moved (or the daemon is a new one).
+        files_of = (status.get("node_id"), status.get("manifest_version"))
+        if files_of != self.files_of or len(self.files) != len(status.get("file_list") or []):
+            self.files = list(status.get("file_list") or [])
+            self.files_of = files_of
+            parts.add("files")
         self.status = dict(status)
         self.versions = list(status.get("versions") or [])[:MAX_VERSIONS]
-        self.files = list(status.get("file_list") or [])
         self.peers = {}
         for peer in status.get("peers") or []:
             self.peers[str(peer.get("node_id"))] = dict(peer)
-        return {"summary", "versions", "files", "peers", "rates"}
+        return parts
 
     # -- events ----------------------------------------------------------------------------------
     def apply_event(

@@ -150,3 +150,16 @@ def test_peer_state_follows_a_sync():
     assert state.status["last_sync"]["finished_at"] == NOW
     state.apply_event("master.disconnected", {"addr": "10.0.0.2:7777", "reason": "eof"}, NOW)
     assert state.status["master_connected"] is False
+
+
+def test_master_state_takes_a_file_list_in_only_when_the_version_moves():
+    state = MasterState()
+    status = master_status()
+    assert "files" in state.apply_status(status)
+    assert "files" not in state.apply_status(master_status())  # the same version: no redraw
+    state.apply_event("manifest.published", {"version": 8, "files": 16}, NOW)
+    newer = master_status()
+    newer["manifest_version"] = 8
+    newer["file_list"] = [*newer["file_list"], {"path": "new.bin", "size": 1, "chunks": 1}]
+    assert "files" in state.apply_status(newer)
+    assert state.files[-1]["path"] == "new.bin"
