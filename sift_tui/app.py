@@ -171,7 +171,8 @@ class SiftConsole(App[None]):
             return
         status = message.status
         role = str(status.get("role"))
-        if self.state is None or self.state.role != role:
+        fresh = self.state is None or self.state.role != role
+        if fresh:
             self.state = state_for(role)
         reconnect = self.ever_connected
         self.online = self.ever_connected = True
@@ -179,6 +180,9 @@ class SiftConsole(App[None]):
         self.query_one("#body", ContentSwitcher).current = role
         self.sub_title = f"{role} {status.get('node_id', '')} · {message.socket}"
         self._redraw(parts)
+        console = self.active_console()
+        if fresh and console is not None:
+            self.action_show(console.tabs[0])  # its table takes the focus, for the arrow keys
         view = self.config_view()
         if view is not None:
             if reconnect:
