@@ -35,7 +35,8 @@ nix-tools:
 	@command -v nix-instantiate >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && apt-get install -y -qq nix-bin >/dev/null)
 
-# A master and two peers on 127.0.0.1 over a generated sample dataset; Ctrl-C stops it.
+# A master and two peers on 127.0.0.1 over a generated sample dataset, with the console attached
+# (q quits and stops them; DEMO_ARGS=--headless for a plain status line).
 demo: $(VENV)/.installed
 	$(BIN)/sift demo $(DEMO_ARGS)
 

@@ -23,7 +23,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import ContentSwitcher, DataTable, Footer, Header, TabbedContent
 
-from sift.config import ConfigError, load_master_config, load_peer_config
+from sift.config import ConfigError, control_socket_of
 from sift.control.client import ControlClosed, ControlError
 from sift_tui.commands import ConfigKeyCommands
 from sift_tui.connection import BACKOFF, Connection, Connector, Sleep
@@ -91,6 +91,7 @@ class SiftConsole(App[None]):
         self.state: MasterState | PeerState | None = None
         self.online = False
         self.ever_connected = False
+        self.daemon_started_at: object = None  # status["started_at"] of the run we talk to
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -174,7 +175,10 @@ class SiftConsole(App[None]):
         fresh = self.state is None or self.state.role != role
         if fresh:
             self.state = state_for(role)
-        reconnect = self.ever_connected
+        # A new run of the daemon (not just a dropped connection) has read its config afresh.
+        started = status.get("started_at")
+        restarted = self.ever_connected and started != self.daemon_started_at
+        self.daemon_started_at = started
         self.online = self.ever_connected = True
         parts = self.state.apply_status(status)
         self.query_one("#body", ContentSwitcher).current = role
@@ -185,7 +189,7 @@ class SiftConsole(App[None]):
             self.action_show(console.tabs[0])  # its table takes the focus, for the arrow keys
         view = self.config_view()
         if view is not None:
-            if reconnect:
+            if restarted:
                 view.daemon_restarted()
             view.reload()
         self.refresh_bindings()
@@ -308,10 +312,10 @@ def socket_from_config(path: str | os.PathLike[str]) -> Path:
         raise ConfigError(f"cannot read config file: {exc.strerror}", path=Path(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"TOML syntax error: {exc}", path=Path(path)) from None
-    if "watched_dir" in data:
-        return load_master_config(path).control_socket
-    if "master_addr" in data:
-        return load_peer_config(path).control_socket
+    if "watched_dir" in data or "master_addr" in data:
+        # Only the socket's keys are read: the operator may not be allowed to read the key file,
+        # and a NixOS config has no key at all.
+        return control_socket_of(path)
     raise ConfigError(
         "neither watched_dir (a master's) nor master_addr (a peer's) is set", path=Path(path)
     )

@@ -120,7 +120,7 @@ class Connection:
             # Counters such as bytes sent only travel in snapshots: refresh on a fixed beat,
             # however busy the event stream is.
             if next_refresh is not None and loop.time() >= next_refresh:
-                await self._refresh(client)
+                await self._refresh(client, file_list=False)
                 next_refresh = loop.time() + interval  # type: ignore[operator]
             try:
                 if next_refresh is None:
@@ -139,8 +139,8 @@ class Connection:
             if kind in REFRESH_ON:
                 await self._refresh(client)
 
-    async def _refresh(self, client: ClientLike) -> None:
-        status = await client.call("status")
+    async def _refresh(self, client: ClientLike, *, file_list: bool = True) -> None:
+        status = await client.call("status", None if file_list else {"file_list": False})
         self._note_snapshot(status)
         self.post(StatusRefreshed(status))
 

@@ -78,7 +78,10 @@ class MasterState:
         # A version's file list never changes, and diffing a big one costs the UI: only take it
         # in when the version moved (or the daemon is a new one).
         files_of = (status.get("node_id"), status.get("manifest_version"))
-        if files_of != self.files_of or len(self.files) != len(status.get("file_list") or []):
+        listed = "file_list" in status  # periodic refreshes leave it out
+        if listed and (
+            files_of != self.files_of or len(self.files) != len(status.get("file_list") or [])
+        ):
             self.files = list(status.get("file_list") or [])
             self.files_of = files_of
             parts.add("files")

@@ -35,7 +35,7 @@ class ControlService:
         role: str,
         config: MasterConfig | PeerConfig,
         *,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[..., dict[str, Any]],
         rates_event: Callable[[RateTable], dict[str, Any]],
         apply_change: Callable[[ConfigChange], None],
         handlers: dict[str, Handler] | None = None,
@@ -95,8 +95,9 @@ class ControlService:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    async def _handle_status(self, _params: dict[str, Any]) -> dict[str, Any]:
-        return self._status()
+    async def _handle_status(self, params: dict[str, Any]) -> dict[str, Any]:
+        # {"file_list": false} spares a console's periodic refresh the master's whole file list.
+        return self._status(file_list=params.get("file_list", True) is not False)
 
     async def _handle_config_get(self, _params: dict[str, Any]) -> dict[str, Any]:
         return describe_config(self.role, self.config_path)

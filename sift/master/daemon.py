@@ -56,6 +56,7 @@ from sift.protocol.messages import (
 )
 from sift.scanner import Scanner
 from sift.state import ManifestStore, ScanCache, db_path, open_db
+from sift.state.db import get_meta, set_meta
 
 log = logging.getLogger("sift.master")
 
@@ -63,6 +64,15 @@ UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it w
 HOLDINGS_EVENT_INTERVAL = 0.5  # seconds between peer.holdings events for one peer
 RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
+
+
+def _load_versions(db) -> list[dict]:
+    """The recent version summaries a previous run stored (newest first)."""
+    try:
+        versions = json.loads(get_meta(db, "recent_versions") or "[]")
+    except (TypeError, ValueError):
+        return []
+    return [v for v in versions if isinstance(v, dict)] if isinstance(versions, list) else []
 
 
 @dataclass
@@ -82,9 +92,15 @@ class MasterDaemon:
     def __init__(self, config: MasterConfig):
         self.config = config
         self.tls = node_tls(config)  # None: plain TCP
-        self.node_id = "master-" + secrets.token_hex(4)
         self.root = config.watched_dir
         self.db = open_db(db_path(config.state_dir), role="master")
+        # Kept across restarts, like the version numbers: consoles and logs name one master.
+        node_id = get_meta(self.db, "node_id")
+        if not isinstance(node_id, str):
+            node_id = "master-" + secrets.token_hex(4)
+            set_meta(self.db, "node_id", node_id)
+        self.node_id = node_id
+        self.started_at = time.time()
         self.cache = ScanCache(self.db)
         self.store = ManifestStore(self.db)
         self.scanner = Scanner(self.root, self.cache, config.params)
@@ -100,7 +116,7 @@ class MasterDaemon:
         self._scan_lock = asyncio.Lock()
         self._watch_restart = asyncio.Event()
         self._interval_changed = asyncio.Event()
-        self.versions: deque[dict] = deque(maxlen=RECENT_VERSIONS)
+        self.versions: deque[dict] = deque(_load_versions(self.db), maxlen=RECENT_VERSIONS)
         self.control = ControlService(
             "master",
             config,
@@ -221,6 +237,7 @@ class MasterDaemon:
             "bytes_changed": new_bytes,
         }
         self.versions.appendleft(summary)
+        set_meta(self.db, "recent_versions", json.dumps(list(self.versions)))
         self.bus.publish(
             "manifest.published",
             **summary,
@@ -471,7 +488,7 @@ class MasterDaemon:
             )
         return infos
 
-    def status(self) -> dict:
+    def status(self, file_list: bool = True) -> dict:
         m = self.current
         total = len(m.chunk_hashes())
         return {
@@ -479,6 +496,7 @@ class MasterDaemon:
             "node_id": self.node_id,
             "software": f"sift {__version__}",
             "watched_dir": str(self.root),
+            "started_at": self.started_at,
             "manifest_version": m.version,
             "files": m.file_count,
             "chunks": m.chunk_count,
@@ -493,9 +511,15 @@ class MasterDaemon:
                 "p2p": self.rates.total("from_peers"),
             },
             **self.control.status_fields(),
-            "file_list": [
-                {"path": f.path, "size": f.size, "chunks": len(f.chunks)} for f in m.files()
-            ],
+            **(
+                {
+                    "file_list": [
+                        {"path": f.path, "size": f.size, "chunks": len(f.chunks)} for f in m.files()
+                    ]
+                }
+                if file_list
+                else {}
+            ),
             "peers": [
                 {
                     "node_id": p.node_id,

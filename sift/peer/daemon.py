@@ -100,6 +100,7 @@ class PeerDaemon:
             node_id = "peer-" + secrets.token_hex(4)
             set_meta(self.db, "node_id", node_id)
         self.node_id = node_id
+        self.started_at = time.time()
         self.manifest: Manifest | None = self.index.load_manifest()
         self.chunks = LocalChunks(self.local_dir)
         self.source_health = SourceHealth(on_ban=self._banned)
@@ -137,7 +138,7 @@ class PeerDaemon:
         self.bytes_from_peers = 0  # chunk bytes received from other peers since start
         self.bytes_to_peers = 0  # chunk bytes served to other peers since start
         self._reported_counters = (0, 0)  # as last sent to the master
-        self._sources: dict[str, int] = {}  # bytes per source address in the running sync
+        self._sources: dict[str, int] = {}  # bytes per source node id in the running sync
 
     @property
     def synced_version(self) -> int:
@@ -418,7 +419,7 @@ class PeerDaemon:
             raise ChannelClosed("no master connection")
         response = await self.master.request(ChunkRequest(0, tuple(hashes), tuple(avoid)))
         assert isinstance(response, ChunkResponse)
-        self._count_received("master", "master", response, from_peer=False)
+        self._count_received("master", response, from_peer=False)
         return response
 
     async def ask_peer(self, addr: str, hashes: list[bytes]) -> ChunkResponse:
@@ -427,14 +428,15 @@ class PeerDaemon:
             ChunkRequest(0, tuple(hashes), ()), timeout=PEER_REQUEST_TIMEOUT
         )
         assert isinstance(response, ChunkResponse)
-        self._count_received(addr, channel.peer_node_id, response, from_peer=True)
+        self._count_received(channel.peer_node_id, response, from_peer=True)
         return response
 
-    def _count_received(self, addr: str, node: str, response: ChunkResponse, *, from_peer: bool):
+    def _count_received(self, node: str, response: ChunkResponse, *, from_peer: bool) -> None:
+        """Rates and this sync's sources, both keyed by node id ("master" for the master)."""
         n = sum(len(data) for _, data in response.chunks)
         if n:
             self.rates.add(node, "in", n)
-            self._sources[addr] = self._sources.get(addr, 0) + n
+            self._sources[node] = self._sources.get(node, 0) + n
             if from_peer:
                 self.bytes_from_peers += n
 
@@ -528,13 +530,14 @@ class PeerDaemon:
 
     # -- status -----------------------------------------------------------------------------
 
-    def status(self) -> dict:
+    def status(self, file_list: bool = True) -> dict:  # the same call as the master's; no list here
         m = self.manifest
         return {
             "role": "peer",
             "node_id": self.node_id,
             "software": f"sift {__version__}",
             "local_dir": str(self.local_dir),
+            "started_at": self.started_at,
             "master_addr": str(self.config.master_addr),
             "master_connected": self.master is not None,
             "master_version": self.master_version,

@@ -44,6 +44,10 @@ def test_status_through_the_control_socket(cluster):
     assert status["control_socket"] == str(cluster.master_socket)
     assert status["versions"][0]["version"] == status["manifest_version"]
 
+    lean = asyncio.run(control_call(cluster.master_socket, "status", {"file_list": False}))
+    assert "file_list" not in lean
+    assert lean["manifest_version"] == status["manifest_version"]
+
     human = run_sift("status", "--control", str(cluster.master_socket))
     assert f"Manifest version : {status['manifest_version']}" in human.stdout
 
@@ -170,3 +174,18 @@ async def test_warnings_reach_the_event_stream(cluster):
         event = await wait_event(client, lambda e: "refused" in e["data"]["message"])
         assert event["data"]["level"] == "warning"
         assert "the-wrong-key" not in json.dumps(event)
+
+
+def test_identity_and_recent_versions_survive_a_master_restart(cluster):
+    cluster.start_master()
+    (cluster.master_dir / "a.txt").write_text("one")
+    wait_for(lambda: cluster.status()["manifest_version"] >= 2, 30, "version 2")
+    before = asyncio.run(control_call(cluster.master_socket, "status"))
+    cluster.master.stop()
+    cluster.start_master()
+    after = asyncio.run(control_call(cluster.master_socket, "status"))
+    assert after["node_id"] == before["node_id"]
+    assert after["started_at"] > before["started_at"]
+    assert [v["version"] for v in after["versions"]][: len(before["versions"])] == [
+        v["version"] for v in before["versions"]
+    ]

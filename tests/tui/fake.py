@@ -81,7 +81,10 @@ class FakeClient:
             raise ControlClosed("connection closed by the daemon")
         self.daemon.calls.append((method, params))
         if method == "status":
-            return copy.deepcopy(self.daemon.status)
+            status = copy.deepcopy(self.daemon.status)
+            if (params or {}).get("file_list") is False:  # as the real daemon does
+                status.pop("file_list", None)
+            return status
         if method == "config.get":
             if self.daemon.config is None:
                 raise ControlError("unavailable", "this daemon runs without a config file")

@@ -282,3 +282,34 @@ def test_cli_refuses_a_bad_config_in_one_line(tmp_path: Path, capsys):
     assert err.startswith("sift-tui: ")
     assert "TOML syntax error" in err
     assert len(err.splitlines()) == 1
+
+
+async def test_needs_restart_marks_survive_a_dropped_connection_but_not_a_restart():
+    daemon = master_daemon()
+    daemon.status["started_at"] = 1000.0
+    app = scripted_app(daemon)
+    app.connection._sleep = no_wait
+
+    async def reconnect(pilot) -> None:
+        daemon.down = True
+        daemon.drop_clients()
+        for _ in range(200):
+            await pilot.pause()
+            if not app.online:
+                break
+        daemon.down = False
+        for _ in range(400):
+            await pilot.pause()
+            if app.online:
+                break
+        await settle(pilot, daemon)
+
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot, daemon)
+        view = app.query_one(ConfigView)
+        view.needs_restart.add("max_frame_size")
+        await reconnect(pilot)  # the same run of the daemon: the change still waits
+        assert view.needs_restart == {"max_frame_size"}
+        daemon.status["started_at"] = 2000.0  # a new run has read the file
+        await reconnect(pilot)
+        assert view.needs_restart == set()

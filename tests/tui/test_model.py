@@ -163,3 +163,15 @@ def test_master_state_takes_a_file_list_in_only_when_the_version_moves():
     newer["file_list"] = [*newer["file_list"], {"path": "new.bin", "size": 1, "chunks": 1}]
     assert "files" in state.apply_status(newer)
     assert state.files[-1]["path"] == "new.bin"
+
+
+def test_a_refresh_without_the_file_list_keeps_the_one_shown():
+    state = MasterState()
+    full = master_status()
+    state.apply_status(full)
+    files = list(state.files)
+    assert files
+    partial = {k: v for k, v in full.items() if k != "file_list"}
+    parts = state.apply_status(partial)
+    assert "files" not in parts
+    assert state.files == files
