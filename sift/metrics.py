@@ -15,6 +15,9 @@ __all__ = ["RateMeter", "RateTable"]
 
 TIME_CONSTANT = 2.0  # seconds; short enough to follow a transfer, long enough not to flicker
 IDLE_BELOW = 1.0  # bytes/s under which a meter counts as idle
+# Seconds without a byte after which the meter reads zero: the average's tail would otherwise
+# show traffic for half a minute after a burst stopped.
+IDLE_AFTER = 3.0
 
 
 class RateMeter:
@@ -24,6 +27,7 @@ class RateMeter:
         self.rate = 0.0
         self._pending = 0
         self._last = now
+        self._last_activity = now
 
     def add(self, n: int) -> None:
         self.total += n
@@ -35,7 +39,9 @@ class RateMeter:
             return self.rate
         alpha = 1.0 - math.exp(-dt / self.tau)
         self.rate += alpha * (self._pending / dt - self.rate)
-        if self.rate < IDLE_BELOW and self._pending == 0:
+        if self._pending:
+            self._last_activity = now
+        elif self.rate < IDLE_BELOW or now - self._last_activity >= IDLE_AFTER:
             self.rate = 0.0
         self._pending = 0
         self._last = now

@@ -26,6 +26,7 @@ from sift.config import MasterConfig
 from sift.control.config_edit import ConfigChange
 from sift.control.service import ControlService
 from sift.core.manifest import (
+    DirEntry,
     Manifest,
     diff,
     encode_delta,
@@ -221,6 +222,15 @@ class MasterDaemon:
     def _announce(self, previous: Manifest, manifest: Manifest) -> None:
         """Publish the manifest.published event and remember the version's summary."""
         changes = diff(previous if previous.version > 0 else None, manifest)
+
+        def not_dirs(paths: tuple[str, ...], entries) -> list[str]:
+            # Directories come and go with their files; counting them too would make "+3"
+            # of one new file in a new two-level directory.
+            return [p for p in paths if not isinstance(entries.get(p), DirEntry)]
+
+        added = not_dirs(changes.added, manifest.entries)
+        changed = not_dirs(changes.changed, manifest.entries)
+        removed = not_dirs(changes.removed, previous.entries)
         old_hashes = previous.chunk_hashes()
         new_bytes = sum(
             loc.length for h, loc in manifest.chunk_locations().items() if h not in old_hashes
@@ -231,9 +241,9 @@ class MasterDaemon:
             "files": manifest.file_count,
             "chunks": manifest.chunk_count,
             "bytes": manifest.total_bytes,
-            "added_count": len(changes.added),
-            "changed_count": len(changes.changed),
-            "removed_count": len(changes.removed),
+            "added_count": len(added),
+            "changed_count": len(changed),
+            "removed_count": len(removed),
             "bytes_changed": new_bytes,
         }
         self.versions.appendleft(summary)
@@ -241,9 +251,9 @@ class MasterDaemon:
         self.bus.publish(
             "manifest.published",
             **summary,
-            added=list(changes.added[:EVENT_PATHS]),
-            changed=list(changes.changed[:EVENT_PATHS]),
-            removed=list(changes.removed[:EVENT_PATHS]),
+            added=added[:EVENT_PATHS],
+            changed=changed[:EVENT_PATHS],
+            removed=removed[:EVENT_PATHS],
         )
 
     async def _push(self, msg: Message) -> None:
