@@ -162,13 +162,7 @@ def run_demo(
         if not headless:
             code = _console(master_socket, procs, base)
         while headless and not stop["flag"]:
-            dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
-            if dead:
-                print(
-                    f"\nsift demo: {dead[0][0]} exited with code {dead[0][1]}; "
-                    f"see {base / (dead[0][0] + '.log')}",
-                    file=sys.stderr,
-                )
+            if _report_dead(procs, base):
                 code = 1
                 break
             print("\r" + _status_line(port, psk.encode(), peers), end="", flush=True)
@@ -197,15 +191,19 @@ def _console(master_socket: Path, procs: list[tuple[str, subprocess.Popen]], bas
     """Run sift-tui on the demo's master in this terminal until the user quits it. A separate
     process: the headless package never imports textual."""
     subprocess.run([sys.executable, "-m", "sift_tui", "--socket", str(master_socket)], check=False)
+    return 1 if _report_dead(procs, base) else 0
+
+
+def _report_dead(procs: list[tuple[str, subprocess.Popen]], base: Path) -> bool:
+    """Say which daemon exited (and where its log is), if one did."""
     dead = [(n, p.returncode) for n, p in procs if p.poll() is not None]
     if dead:
+        name, code = dead[0]
         print(
-            f"sift demo: {dead[0][0]} exited with code {dead[0][1]}; "
-            f"see {base / (dead[0][0] + '.log')}",
+            f"\nsift demo: {name} exited with code {code}; see {base / (name + '.log')}",
             file=sys.stderr,
         )
-        return 1
-    return 0
+    return bool(dead)
 
 
 def _status_line(port: int, psk: bytes, peers: int) -> str:

@@ -36,7 +36,7 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.master.distributor import Distributor
 from sift.metrics import RateTable
-from sift.net.channel import HANDSHAKE_TIMEOUT, Channel, HandshakeLimit, accept
+from sift.net.channel import Channel, HandshakeLimit, accept, listen
 from sift.net.tasks import run_until_stopped
 from sift.net.tls import node_tls
 from sift.protocol import ProtocolError
@@ -138,16 +138,9 @@ class MasterDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.control.start()
-        host, port = self.config.bind_addr
-        tls = self.tls.server.context if self.tls else None
-        self.server = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            limit=1 << 20,
-            ssl=tls,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
-        )
+        host, _port = self.config.bind_addr
+        tls = self.tls.server if self.tls else None
+        self.server = await listen(self._on_connect, self.config.bind_addr, tls)
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
             "master listening on %s:%d%s, watching %s (manifest version %d)",

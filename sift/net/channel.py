@@ -340,6 +340,24 @@ def _binding(writer: asyncio.StreamWriter, server_cert_der: bytes | None) -> byt
         raise TLSError(f"cannot bind the handshake to the TLS session: {exc}") from None
 
 
+async def listen(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    bind_addr: tuple[str, int],
+    tls: ServerTLS | None = None,
+) -> asyncio.Server:
+    """A daemon's TCP listener (over TLS when ``tls`` is set; asyncio does the TLS handshake,
+    bounded by HANDSHAKE_TIMEOUT, before ``handler`` runs)."""
+    host, port = bind_addr
+    return await asyncio.start_server(
+        handler,
+        host,
+        port,
+        limit=1 << 20,
+        ssl=tls.context if tls else None,
+        ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
+    )
+
+
 async def connect(
     host: str,
     port: int,

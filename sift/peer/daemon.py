@@ -29,13 +29,13 @@ from sift.core.manifest import (
 from sift.core.paths import RESERVED_DIR
 from sift.metrics import RateTable
 from sift.net.channel import (
-    HANDSHAKE_TIMEOUT,
     Channel,
     ChannelClosed,
     HandshakeLimit,
     RemoteError,
     accept,
     connect,
+    listen,
 )
 from sift.net.tasks import run_until_stopped
 from sift.net.tls import TLSError, node_tls
@@ -148,16 +148,9 @@ class PeerDaemon:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.control.start()
-        host, port = self.config.bind_addr
-        tls = self.tls.server.context if self.tls else None
-        self.server = await asyncio.start_server(
-            self._on_connect,
-            host,
-            port,
-            limit=1 << 20,
-            ssl=tls,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None,
-        )
+        host, _port = self.config.bind_addr
+        tls = self.tls.server if self.tls else None
+        self.server = await listen(self._on_connect, self.config.bind_addr, tls)
         self.bound_port = self.server.sockets[0].getsockname()[1]
         log.info(
             "peer %s serving %s on %s:%d%s (synced version %d)",
