@@ -125,6 +125,7 @@ class PeerDaemon:
         self.bound_port = 0
         self.last_sync: dict | None = None
         self.write_error: str | None = None
+        self._last_failure: str | None = None  # the last sync error logged (not repeated)
         self.syncing = False
         self.control = ControlService(
             "peer",
@@ -283,6 +284,7 @@ class PeerDaemon:
             try:
                 await self._sync_once()
                 failures = 0
+                self._last_failure = None
                 if self.write_error is not None:
                     log.info("sync resumed: writing to %s works again", self.local_dir)
                     self.bus.publish("sync.resumed", after=self.write_error)
@@ -296,8 +298,13 @@ class PeerDaemon:
                 await asyncio.sleep(BACKOFF_START)
             except (ManifestError, FetchFailed, ProtocolError) as exc:
                 failures += 1
-                log.error("sync failed: %s", exc)
-                self.bus.publish("sync.failed", error=str(exc))
+                message = f"sync failed: {exc}"
+                if message != self._last_failure:  # a manifest the master keeps sending: once
+                    log.error("%s", message)
+                    self.bus.publish("sync.failed", error=str(exc))
+                else:
+                    log.debug("%s", message)
+                self._last_failure = message
                 self._sync_needed.set()
                 await asyncio.sleep(min(BACKOFF_START * 2**failures, 30))
             except OSError as exc:
