@@ -137,6 +137,19 @@ def process_tree(root: int, tree: dict[int, list[int]] | None = None) -> list[in
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def status_kib(pid: int, key: str) -> int:
     """A VmRSS/VmHWM-style field of /proc/PID/status in KiB (0 when the process is gone)."""
     try:
@@ -159,6 +172,7 @@ class RssSampler:
         self.groups: dict[str, list[int]] = {}
         self.peak_sum: dict[str, int] = {}
         self.peak_hwm: dict[str, int] = {}
+        self.cpu: dict[str, dict[int, float]] = {}  # group -> pid -> last CPU seconds seen
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -176,6 +190,9 @@ class RssSampler:
             for root in roots:
                 for pid in process_tree(root, tree):
                     total += status_kib(pid, "VmRSS")
+                    used = cpu_seconds(pid)
+                    if used:
+                        self.cpu.setdefault(group, {})[pid] = used
                     hwm = status_kib(pid, "VmHWM")
                     self.peak_hwm[group] = max(self.peak_hwm.get(group, 0), hwm)
             self.peak_sum[group] = max(self.peak_sum.get(group, 0), total)
@@ -193,6 +210,11 @@ class RssSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+    def cpu_s(self, prefix: str = "") -> float:
+        """CPU seconds used by the groups whose name starts with `prefix` (all by default), as
+        last sampled (a process that exits between samples loses its last interval)."""
+        return sum(sum(p.values()) for g, p in self.cpu.items() if g.startswith(prefix))
 
     def peak_mb(self, group: str) -> float:
         """Peak of the group's summed RSS in MB (10**6 bytes)."""

@@ -11,6 +11,7 @@ LABELS = {
     "master_payload_ratio": ("master chunk bytes / data", "x"),
     "source_rss_mb": ("source peak RSS", "MB"),
     "dest_rss_mb": ("destination peak RSS", "MB"),
+    "cpu_s": ("CPU time, all processes", "s"),
     "edit_to_converged_s": ("edit -> all converged", "s"),
     "rehash_to_converged_s": ("rehash done -> all converged", "s"),
     "payload_per_dest_bytes": ("chunk bytes per destination", "KiB"),

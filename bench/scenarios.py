@@ -106,6 +106,7 @@ def _one_initial(s: Settings, tool: str, name: str, ds, peers: int, rate: float 
                 "source_sent_ratio": sent / ds.bytes,
                 "source_rss_mb": _rss(dep, "source"),
                 "dest_rss_mb": _dest_rss(dep),
+                "cpu_s": dep.rss.cpu_s(),
             }
             if isinstance(dep, SiftDeployment):
                 metrics["master_payload_ratio"] = dep.master_payload_sent() / ds.bytes

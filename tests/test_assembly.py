@@ -65,8 +65,54 @@ def test_fresh_part_lists_every_chunk_missing(asm):
         assert part.path.name.endswith(PART_SUFFIX)
         assert part.missing == {off: h for off, h, _ in offsets(entry)}
         assert not part.complete
+        # Nothing is created before the first write: a sync of many files opens each once.
+        assert part.fd is None
+        assert not part.path.exists()
+        first_off, _, first_len = offsets(entry)[0]
+        asm.write(part, first_off, data[:first_len])
         assert os.fstat(part.fd).st_size == entry.size
         assert stat.S_IMODE(os.fstat(part.fd).st_mode) == 0o600
+        assert first_off not in part.missing
+    finally:
+        asm.close(part)
+
+
+def test_empty_file_is_created_at_commit(root, asm):
+    entry = entry_for("empty.txt", b"")
+    part = asm.open_part(entry)
+    assert part.complete and part.fd is None
+    asm.commit([part])
+    assert (root / "empty.txt").read_bytes() == b""
+    assert stat.S_IMODE((root / "empty.txt").stat().st_mode) == 0o640
+
+
+def test_write_after_close_is_refused(asm):
+    data = blob(5000, seed=9)
+    entry = entry_for("f", data)
+    part = asm.open_part(entry)
+    asm.close(part)
+    with pytest.raises(ValueError, match="already closed"):
+        asm.write(part, 0, data[: entry.chunks[0].length])
+
+
+def test_concurrent_first_writes_create_the_part_once(asm):
+    """Chunk writes run in several worker threads: two first writes to the same new part must
+    not each create (and truncate) it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = blob(200_000, seed=10)
+    entry = entry_for("many.bin", data)
+    part = asm.open_part(entry)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda item: asm.write(part, item[0], data[item[0] : item[0] + item[2]]),
+                    offsets(entry),
+                )
+            )
+        assert part.complete
+        assert part.path.read_bytes() == data
     finally:
         asm.close(part)
 
@@ -288,6 +334,7 @@ def test_delete_each_kind(root, asm):
 def test_remove_stale_parts(asm):
     keep_entry = entry_for("keep", b"keep me")
     keep = asm.open_part(keep_entry)
+    fill(asm, keep, b"keep me")
     asm.close(keep)
     for name in ("old1.part", "old2.part", "link-leftover"):
         (asm.tmp_dir / name).write_bytes(b"junk")
@@ -303,6 +350,7 @@ def test_closing_a_part_twice_never_closes_a_reused_descriptor(tmp_path):
     entry = FileEntry.build("f.bin", len(data), 0o644, 0, chunk_bytes(data))
     asm = Assembler(tmp_path)
     part = asm.open_part(entry)
+    fill(asm, part, data)
     number = part.fd
     asm.close(part)
     bystander = os.open(tmp_path / "bystander", os.O_CREAT | os.O_RDWR, 0o600)

@@ -54,6 +54,10 @@ log = logging.getLogger("sift.master")
 
 UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it was hashed
 MAX_UNAUTHENTICATED = 64  # handshakes in progress at once; more are refused at accept
+# Chunk responses being read or sent at once, over all peers. Each holds a batch of up to a few
+# MB (about three copies while it is encoded), so this bounds the master's memory whatever the
+# number of peers; more would not send faster, the reads share one thread and one uplink.
+SERVE_SLOTS = 4
 
 
 @dataclass
@@ -85,6 +89,7 @@ class MasterDaemon:
         self._deltas: dict[tuple[int, int], bytes] = {}
         self._rescan = asyncio.Event()
         self._handshakes = 0
+        self._serving = asyncio.Semaphore(SERVE_SLOTS)
         self.bytes_sent = 0
         self.chunks_sent = 0
         self.server: asyncio.Server | None = None
@@ -288,27 +293,34 @@ class MasterDaemon:
             data = self._encoded[current.version] = encode_manifest(current)
         return ManifestResponse(msg.req_id, current.version, None, data)
 
-    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse:
-        manifest = self.current
-        locations = manifest.chunk_locations()
-        known = [h for h in msg.hashes if h in locations]
-        missing = tuple(h for h in msg.hashes if h not in locations)
-        if session.role == "peer":
-            plan = self.distributor.assign(session.node_id, known, msg.avoid)
-            serve, elsewhere = list(plan.from_master), plan.elsewhere
-        else:
-            serve, elsewhere = known, ()
-        found, stale = await asyncio.get_running_loop().run_in_executor(
-            self.read_pool, self.reader.read_many, serve, locations
-        )
-        if stale:
-            log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
-            self._rescan.set()
-        sent = sum(len(d) for _, d in found)
-        session.bytes_sent += sent
-        self.bytes_sent += sent
-        self.chunks_sent += len(found)
-        return ChunkResponse(msg.req_id, tuple(found), missing, tuple(stale), tuple(elsewhere))
+    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> None:
+        """Answer a chunk request; the response is sent here, inside a serving slot, so the
+        slot is held until its bytes are handed to the socket."""
+        async with self._serving:
+            manifest = self.current
+            locations = manifest.chunk_locations()
+            known = [h for h in msg.hashes if h in locations]
+            missing = tuple(h for h in msg.hashes if h not in locations)
+            if session.role == "peer":
+                plan = self.distributor.assign(session.node_id, known, msg.avoid)
+                serve, elsewhere = list(plan.from_master), plan.elsewhere
+            else:
+                serve, elsewhere = known, ()
+            found, stale = await asyncio.get_running_loop().run_in_executor(
+                self.read_pool, self.reader.read_many, serve, locations
+            )
+            if stale:
+                log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
+                self._rescan.set()
+            sent = sum(len(d) for _, d in found)
+            session.bytes_sent += sent
+            self.bytes_sent += sent
+            self.chunks_sent += len(found)
+            response = ChunkResponse(
+                msg.req_id, tuple(found), missing, tuple(stale), tuple(elsewhere)
+            )
+            del found  # the response holds the only reference: freed as soon as it is sent
+            await session.channel.send(response)
 
     # -- status -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import ctypes.util
 import logging
 import os
 import stat
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,11 +47,14 @@ _syncfs = _load_syncfs()
 
 @dataclass(eq=False)
 class PartFile:
-    """One file under assembly: which chunk offsets are still to be written."""
+    """One file under assembly: which chunk offsets are still to be written.
+
+    The file is created on the first write (``fd`` None until then): a sync of many small
+    files opens each one once, when its bytes arrive, not all of them up front."""
 
     entry: FileEntry
     path: Path
-    fd: int
+    fd: int | None = None  # None: not created yet; -1: closed
     missing: dict[int, bytes] = field(default_factory=dict)  # offset -> chunk hash
 
     @property
@@ -64,6 +68,7 @@ class Assembler:
         self.tmp_dir = self.local_dir / RESERVED_DIR / TMP_SUBDIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._checked_dirs: set[str] = set()
+        self._open_lock = threading.Lock()  # chunk writes run in several worker threads
 
     def part_path(self, entry: FileEntry) -> Path:
         name = blake3(entry.path.encode()).hexdigest()[:24] + "-" + entry.digest.hex()[:16]
@@ -81,10 +86,19 @@ class Assembler:
         return removed
 
     def open_part(self, entry: FileEntry) -> PartFile:
-        """Open (or resume) the part file for `entry`. Chunks already in it are verified and
-        kept; the rest are listed as missing."""
+        """The part file for `entry`. A part an earlier, interrupted sync left behind is
+        resumed: chunks already in it are verified and kept; the rest are listed as missing.
+        A new part is not created until its first write."""
         path = self.part_path(entry)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        part = PartFile(entry=entry, path=path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            offset = 0
+            for chunk in entry.chunks:
+                part.missing[offset] = chunk.hash
+                offset += chunk.length
+            return part
         try:
             existing = os.fstat(fd).st_size
             if existing != entry.size:
@@ -93,32 +107,46 @@ class Assembler:
                 resume = False
             else:
                 resume = existing > 0
-            part = PartFile(entry=entry, path=path, fd=fd)
             offset = 0
             for chunk in entry.chunks:
                 if not (resume and self._chunk_present(fd, offset, chunk.length, chunk.hash)):
                     part.missing[offset] = chunk.hash
                 offset += chunk.length
-            return part
         except BaseException:
             os.close(fd)
             raise
+        part.fd = fd
+        return part
+
+    def ensure_open(self, part: PartFile) -> int:
+        """The part's descriptor, creating the file (at its final size) on first use."""
+        with self._open_lock:
+            if part.fd is None:
+                fd = os.open(
+                    part.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+                )
+                if len(part.entry.chunks) > 1:
+                    os.ftruncate(fd, part.entry.size)  # one extent map, no growth per write
+                part.fd = fd
+            elif part.fd < 0:
+                raise ValueError(f"part file for {part.entry.path} is already closed")
+            return part.fd
 
     @staticmethod
     def _chunk_present(fd: int, offset: int, length: int, digest: bytes) -> bool:
         data = os.pread(fd, length, offset)
         return len(data) == length and hash_chunk(data) == digest
 
-    @staticmethod
-    def write(part: PartFile, offset: int, data: bytes | memoryview) -> None:
-        os.pwrite(part.fd, data, offset)
+    def write(self, part: PartFile, offset: int, data: bytes | memoryview) -> None:
+        os.pwrite(self.ensure_open(part), data, offset)
         part.missing.pop(offset, None)
 
     def close(self, part: PartFile) -> None:
         """Close once: a second os.close of the same number could close whatever descriptor
         the process has opened under that number since (a socket, the database, a cached
         reader fd)."""
-        if part.fd < 0:
+        if part.fd is None or part.fd < 0:
+            part.fd = -1
             return
         fd, part.fd = part.fd, -1
         with contextlib.suppress(OSError):
@@ -129,10 +157,11 @@ class Assembler:
     def make_durable(self, parts: list[PartFile]) -> None:
         if not parts:
             return
-        if _syncfs is not None and len(parts) > 4 and _syncfs(parts[0].fd) == 0:
+        fds = [self.ensure_open(part) for part in parts]
+        if _syncfs is not None and len(parts) > 4 and _syncfs(fds[0]) == 0:
             return
-        for part in parts:
-            os.fsync(part.fd)
+        for fd in fds:
+            os.fsync(fd)
 
     def commit(self, parts: list[PartFile]) -> list[tuple[FileEntry, os.stat_result]]:
         """Make complete part files durable, give them their mode and mtime, and rename them into

@@ -104,32 +104,43 @@ class Syncer:
 
     async def run(self, target: Manifest) -> SyncReport:
         started = time.monotonic()
+        phases: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            phases[name] = time.monotonic() - started - sum(phases.values())
+
         report = SyncReport(version=target.version)
         self.assembler.forget_checked_dirs()
         local = await self.scan_local(target)
         self.chunks.reset(locations_of(local.values()))
         plan = make_plan(local, target)
+        lap("scan")
         if plan.is_empty:
             self.chunks.reset(locations_of(target.entries.values()))
             report.seconds = time.monotonic() - started
             return report
         parts = await asyncio.to_thread(self._open_parts, plan)
+        lap("open")
         try:
             dests = self._destinations(parts)
             report.bytes_copied_locally = await self._copy_local(dests)
+            lap("copy")
             needed = [h for h in dests if h not in self._written]
             if needed:
                 lengths = {c.hash: c.length for f in plan.write for c in f.chunks}
                 self.chunks.pending = set(needed)
                 fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
                 report.fetch = await fetcher.fetch(needed)
+            lap("fetch")
             await asyncio.to_thread(self._commit, plan, parts, report)
+            lap("commit")
         finally:
             self.chunks.pending = set()
             for part in parts:
                 self.assembler.close(part)
         self.chunks.reset(locations_of(target.entries.values()))
         report.seconds = time.monotonic() - started
+        log.debug("sync phases: %s", ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
         return report
 
     # -- steps ------------------------------------------------------------------------------
