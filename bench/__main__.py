@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -92,7 +93,13 @@ def settings_from(args: argparse.Namespace, workdir: Path) -> Settings:
     return s
 
 
+def _exit_on_sigterm(signum, _frame) -> None:
+    # Unwinds like Ctrl-C, so every deployment's `with` block stops the processes it started.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     tools = [t for t in args.tools.split(",") if t]
     missing = [t for t in tools if t != "sift" and shutil.which(t) is None]

@@ -148,7 +148,15 @@ class SiftDeployment(Deployment):
         cfg = self.base / name / f"{role}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(_toml(config))
-        argv = [sys.executable, "-m", "sift", "--log-level", os.environ.get("BENCH_SIFT_LOG", "info"), role, "start"]
+        argv = [
+            sys.executable,
+            "-m",
+            "sift",
+            "--log-level",
+            os.environ.get("BENCH_SIFT_LOG", "info"),
+            role,
+            "start",
+        ]
         proc = Proc.start(name, [*argv, "--config", str(cfg)], self.base / f"{name}.log")
         self.procs.append(proc)
         return proc

@@ -80,7 +80,8 @@ def test_fresh_part_lists_every_chunk_missing(asm):
 def test_empty_file_is_created_at_commit(root, asm):
     entry = entry_for("empty.txt", b"")
     part = asm.open_part(entry)
-    assert part.complete and part.fd is None
+    assert part.complete
+    assert part.fd is None
     asm.commit([part])
     assert (root / "empty.txt").read_bytes() == b""
     assert stat.S_IMODE((root / "empty.txt").stat().st_mode) == 0o640

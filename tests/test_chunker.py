@@ -431,3 +431,55 @@ def test_chunking_512_mib_keeps_the_python_heap_flat(tmp_path: Path) -> None:
         assert peak < chunk_list + 8 * MiB, (peak, chunk_list)
     finally:
         path.unlink(missing_ok=True)  # pytest keeps old tmp dirs around; 512 MiB is too much
+
+
+@pytest.mark.parametrize("window", [4096, 70_000, 1 << 20])
+def test_windowed_cutting_equals_the_whole_file_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """chunk_file cuts a window at a time (so resident memory stays one window); every window
+    size, even one barely above max_size, must give exactly the whole-buffer chunk list."""
+    data = random.Random(12).randbytes(3 * MiB + 12_345)
+    path = tmp_path / "w.bin"
+    path.write_bytes(data)
+    monkeypatch.setattr(chunker, "WINDOW", window)
+    for params in (SMALL, DEFAULT_PARAMS):
+        assert chunk_file(path, params).chunks == chunk_bytes(data, params)
+
+
+def _vm_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(key)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_resident_memory_stays_about_one_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of the map behind the cut are dropped from the process: chunking a file much
+    larger than the window does not make the process resident size grow with the file."""
+    monkeypatch.setattr(chunker, "WINDOW", 4 * MiB)
+    path = tmp_path / "big.bin"
+    block = random.Random(13).randbytes(4 * MiB)
+    with open(path, "wb") as f:
+        for i in range(24):  # 96 MiB
+            f.write(i.to_bytes(8, "little") + block[8:])
+    load_fastcdc()
+    before = _vm_kib("VmRSS")
+    peak_seen = 0
+    real = chunker._chunk_view
+
+    def watching(view, params):
+        nonlocal peak_seen
+        out = real(view, params)
+        peak_seen = max(peak_seen, _vm_kib("VmRSS"))
+        return out
+
+    monkeypatch.setattr(chunker, "_chunk_view", watching)
+    result = chunk_file(path)
+    assert result.size == 96 * MiB
+    growth_mib = (peak_seen - before) / 1024
+    assert growth_mib < 40, growth_mib  # ~ one or two 4 MiB windows plus the chunk list

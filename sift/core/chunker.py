@@ -190,6 +190,12 @@ def chunk_file(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAM
     )
 
 
+# Bytes of a file cut per step. Pages of the map a step is done with are dropped from this
+# process (MADV_DONTNEED; they stay in the page cache), so the scanner's resident memory stays
+# about one window whatever the file's size, instead of growing to the largest file's size.
+WINDOW = 64 * 1024 * 1024
+
+
 def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chunk, ...]:
     """Map exactly ``size`` bytes of ``fd`` (the size we recorded) and chunk them."""
     try:
@@ -201,6 +207,32 @@ def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chu
             # Bigger readahead on cold files, and pages behind us are cheap to reclaim.
             mm.madvise(mmap.MADV_SEQUENTIAL)
         with memoryview(mm) as view:
-            return _chunk_view(view, params)
+            return _chunk_windows(mm, view, size, params)
     finally:
         mm.close()  # every memoryview of it is released by now, so this cannot BufferError
+
+
+def _chunk_windows(
+    mm: mmap.mmap, view: memoryview, size: int, params: ChunkParams
+) -> tuple[Chunk, ...]:
+    """Cut a window at a time. FastCDC decides each cut from the bytes after the chunk's start
+    only, so every chunk of a window but the last is the one a whole-file pass finds; the last
+    may be cut short by the window's end, so the next window starts at its start."""
+    if size <= WINDOW:
+        return _chunk_view(view, params)
+    chunks: list[Chunk] = []
+    start = dropped = 0
+    drop = getattr(mmap, "MADV_DONTNEED", None)
+    while start < size:
+        end = min(size, start + max(WINDOW, 2 * params.max_size))
+        with view[start:end] as window:
+            got = _chunk_view(window, params)
+        if end < size:
+            got = got[:-1]
+        chunks.extend(got)
+        start += sum(c.length for c in got)
+        done = start - start % mmap.PAGESIZE
+        if drop is not None and done > dropped:
+            mm.madvise(drop, dropped, done - dropped)
+            dropped = done
+    return tuple(chunks)

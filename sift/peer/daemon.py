@@ -266,6 +266,7 @@ class PeerDaemon:
             "files_written": report.files_written,
             "files_deleted": report.files_deleted,
             "bytes_copied_locally": report.bytes_copied_locally,
+            "bytes_reused": report.bytes_reused,
             "bytes_from_master": report.fetch.bytes_from_master,
             "bytes_from_peers": report.fetch.bytes_from_peers,
             "seconds": round(report.seconds, 3),
