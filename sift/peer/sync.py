@@ -168,7 +168,7 @@ class Syncer:
         total = 0
         for part in parts:
             old = local.get(part.entry.path)
-            if part.fd is not None or not isinstance(old, FileEntry) or not old.chunks:
+            if part.created or not isinstance(old, FileEntry) or not old.chunks:
                 continue  # resumed parts keep their own bytes; nothing to reuse from a non-file
             runs, covered = reusable_runs(old, part.entry)
             if sum(r.length for r in runs) < REUSE_MIN_BYTES:
