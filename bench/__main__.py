@@ -86,6 +86,7 @@ def settings_from(args: argparse.Namespace, workdir: Path) -> Settings:
         join_peers=args.join_peers,
         join_size_mib=args.join_size_mib,
         log=lambda text: print(text, flush=True),
+        keep=args.keep,
     )
     if args.smoke:
         for key, value in SMOKE.items():

@@ -50,6 +50,7 @@ class Settings:
     join_peers: int = 8  # (g)
     join_size_mib: int = 256
     timeout: float = 900.0
+    keep: bool = False  # keep each run's directory (logs, mirrors) for inspection
     log: Callable[[str], None] = print
     _datasets: dict = field(default_factory=dict)
 
@@ -71,6 +72,10 @@ class Settings:
         ds = self._datasets.pop(key, None)
         if ds is not None:
             shutil.rmtree(ds.root, ignore_errors=True)
+
+    def done_with(self, path: Path) -> None:
+        if not self.keep:
+            shutil.rmtree(path, ignore_errors=True)
 
     def run_dir(self, name: str) -> Path:
         path = self.workdir / "runs" / name
@@ -116,7 +121,7 @@ def _one_initial(s: Settings, tool: str, name: str, ds, peers: int, rate: float 
         s.log(dep.logs()[-6000:])
         raise
     check_mirrors(ds.root, dep.dest_dirs)
-    shutil.rmtree(base, ignore_errors=True)
+    s.done_with(base)
     return metrics
 
 
@@ -194,7 +199,7 @@ def scenario_c(s: Settings) -> dict:
             s.log(dep.logs()[-6000:])
             raise
         check_mirrors(ds.root, dep.dest_dirs)
-        shutil.rmtree(base, ignore_errors=True)
+        s.done_with(base)
     # Leave the source as generated for whoever uses the dataset next.
     s.drop_dataset(f"single-{s.size_mib}")
     return {
@@ -280,7 +285,7 @@ def scenario_e(s: Settings) -> dict:
         }
         runs["sift"].append(m)
         s.log(f"  (e) run {r + 1}: " + _brief(m))
-        shutil.rmtree(base, ignore_errors=True)
+        s.done_with(base)
     return {
         "title": f"master scan throughput, {s.size_mib} MiB",
         "data_bytes": ds.bytes,
@@ -310,7 +315,7 @@ def scenario_f(s: Settings) -> dict:
                     poll=0.1,
                 )
                 m[f"master_rss_mb_{size}mib"] = status_kib(dep.master.pid, "VmHWM") * 1024 / 1e6
-            shutil.rmtree(base, ignore_errors=True)
+            s.done_with(base)
         runs["sift"].append(m)
         s.log(f"  (f) run {r + 1}: " + _brief(m))
     for size in s.rss_sizes_mib:

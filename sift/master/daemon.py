@@ -293,19 +293,22 @@ class MasterDaemon:
             data = self._encoded[current.version] = encode_manifest(current)
         return ManifestResponse(msg.req_id, current.version, None, data)
 
-    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> None:
-        """Answer a chunk request; the response is sent here, inside a serving slot, so the
-        slot is held until its bytes are handed to the socket."""
+    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse | None:
+        """Answer a chunk request. A response that only points elsewhere goes out at once; one
+        that carries chunk bytes is read and sent inside a serving slot, held until its bytes
+        are handed to the socket."""
+        manifest = self.current
+        locations = manifest.chunk_locations()
+        known = [h for h in msg.hashes if h in locations]
+        missing = tuple(h for h in msg.hashes if h not in locations)
+        if session.role == "peer":
+            plan = self.distributor.assign(session.node_id, known, msg.avoid)
+            serve, elsewhere = list(plan.from_master), plan.elsewhere
+        else:
+            serve, elsewhere = known, ()
+        if not serve:
+            return ChunkResponse(msg.req_id, (), missing, (), tuple(elsewhere))
         async with self._serving:
-            manifest = self.current
-            locations = manifest.chunk_locations()
-            known = [h for h in msg.hashes if h in locations]
-            missing = tuple(h for h in msg.hashes if h not in locations)
-            if session.role == "peer":
-                plan = self.distributor.assign(session.node_id, known, msg.avoid)
-                serve, elsewhere = list(plan.from_master), plan.elsewhere
-            else:
-                serve, elsewhere = known, ()
             found, stale = await asyncio.get_running_loop().run_in_executor(
                 self.read_pool, self.reader.read_many, serve, locations
             )
@@ -321,6 +324,7 @@ class MasterDaemon:
             )
             del found  # the response holds the only reference: freed as soon as it is sent
             await session.channel.send(response)
+        return None
 
     # -- status -----------------------------------------------------------------------------
 
