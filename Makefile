@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test lint format demo bench-chunk bench-sync clean
+.PHONY: install test lint format demo tools bench bench-smoke bench-chunk clean
 
 # Plain `make`: sift, sift-tui and the test tools in .venv.
 install: $(VENV)/.installed
@@ -28,6 +28,7 @@ format: $(VENV)/.installed
 
 test: lint nix-tools
 	$(BIN)/python -m pytest
+	$(MAKE) bench-smoke
 
 # nix-instantiate, for tests/test_nix_files.py (Debian's nix-bin; as root only, else those skip).
 .PHONY: nix-tools
@@ -40,8 +41,19 @@ nix-tools:
 demo: $(VENV)/.installed
 	$(BIN)/sift demo $(DEMO_ARGS)
 
-bench-sync: $(VENV)/.installed
-	$(BIN)/python -m bench.sync
+# The competitors the benchmark runs sift against (Debian packages).
+tools:
+	command -v rsync >/dev/null && command -v syncthing >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq rsync syncthing)
+
+# The full suite (about half an hour): sift, rsync and Syncthing on the same data; BENCH_ARGS
+# passes options, e.g. BENCH_ARGS="--scenarios ac --repeat 5".
+bench: $(VENV)/.installed tools
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Every scenario once at a tiny size: fails when a tool does not converge or bytes differ.
+bench-smoke: $(VENV)/.installed tools
+	$(BIN)/python -m bench --smoke --json bench/results/smoke.json
 
 bench-chunk: $(VENV)/.installed
 	$(BIN)/python -m bench.chunk

@@ -116,9 +116,19 @@ class Scanner:
         cached = self.cache.is_fresh(rel, st.st_size, st.st_mtime_ns, st.st_ino, self.params)
         if cached is not None:
             result.cached_files += 1
-            return FileEntry.build(
-                rel, cached.size, stat.S_IMODE(st.st_mode), cached.mtime_ns, cached.chunks
-            )
+            mode = stat.S_IMODE(st.st_mode)
+            prev = previous.get(rel)
+            if (
+                isinstance(prev, FileEntry)
+                and prev.size == cached.size
+                and prev.mtime_ns == cached.mtime_ns
+                and prev.mode == mode
+                and prev.chunks == cached.chunks
+            ):
+                # The very same entry: share it, so a rescan does not hold a second copy of
+                # every unchanged file's chunk list while the old manifest is still in use.
+                return prev
+            return FileEntry.build(rel, cached.size, mode, cached.mtime_ns, cached.chunks)
         try:
             chunks = chunk_file(os.path.join(self.root, rel), self.params)
         except UnstableFileError:

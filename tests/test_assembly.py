@@ -65,8 +65,63 @@ def test_fresh_part_lists_every_chunk_missing(asm):
         assert part.path.name.endswith(PART_SUFFIX)
         assert part.missing == {off: h for off, h, _ in offsets(entry)}
         assert not part.complete
+        # Nothing is created before the first write: a sync of many files opens each once.
+        assert part.fd is None
+        assert not part.path.exists()
+        first_off, _, first_len = offsets(entry)[0]
+        asm.write(part, first_off, data[:first_len])
         assert os.fstat(part.fd).st_size == entry.size
         assert stat.S_IMODE(os.fstat(part.fd).st_mode) == 0o600
+        assert first_off not in part.missing
+    finally:
+        asm.close(part)
+
+
+def test_empty_file_is_created_at_commit(root, asm):
+    entry = entry_for("empty.txt", b"")
+    part = asm.open_part(entry)
+    assert part.complete
+    assert part.fd is None
+    asm.commit([part])
+    assert (root / "empty.txt").read_bytes() == b""
+    assert stat.S_IMODE((root / "empty.txt").stat().st_mode) == 0o640
+
+
+def test_a_complete_part_holds_no_descriptor(asm):
+    """A sync of 20,000 small files must not hold 20,000 descriptors until the commit."""
+    data = blob(5000, seed=9)
+    entry = entry_for("f", data)
+    part = asm.open_part(entry)
+    offs = offsets(entry)
+    fill(asm, part, data, only={o for o, _, _ in offs[:-1]})
+    assert part.fd is not None  # still being written
+    fill(asm, part, data, only={offs[-1][0]})
+    assert part.complete
+    assert part.fd is None
+    assert part.path.read_bytes() == data
+    # A chunk delivered twice is not written again (and does not reopen the file).
+    asm.write(part, 0, data[: offs[0][2]])
+    assert part.fd is None
+
+
+def test_concurrent_first_writes_create_the_part_once(asm):
+    """Chunk writes run in several worker threads: two first writes to the same new part must
+    not each create (and truncate) it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = blob(200_000, seed=10)
+    entry = entry_for("many.bin", data)
+    part = asm.open_part(entry)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(
+                pool.map(
+                    lambda item: asm.write(part, item[0], data[item[0] : item[0] + item[2]]),
+                    offsets(entry),
+                )
+            )
+        assert part.complete
+        assert part.path.read_bytes() == data
     finally:
         asm.close(part)
 
@@ -122,7 +177,7 @@ def test_part_of_the_wrong_size_starts_over(asm):
     part = asm.open_part(entry)
     try:
         assert len(part.missing) == len(entry.chunks)
-        assert os.fstat(part.fd).st_size == entry.size
+        assert part.path.stat().st_size == entry.size
     finally:
         asm.close(part)
 
@@ -288,6 +343,7 @@ def test_delete_each_kind(root, asm):
 def test_remove_stale_parts(asm):
     keep_entry = entry_for("keep", b"keep me")
     keep = asm.open_part(keep_entry)
+    fill(asm, keep, b"keep me")
     asm.close(keep)
     for name in ("old1.part", "old2.part", "link-leftover"):
         (asm.tmp_dir / name).write_bytes(b"junk")
@@ -299,11 +355,14 @@ def test_remove_stale_parts(asm):
 def test_closing_a_part_twice_never_closes_a_reused_descriptor(tmp_path):
     """Regression: commit closed each part and the sync's cleanup closed it again; the second
     close hit whatever had reused the number, and every later sync failed with EBADF."""
-    data = b"x" * 1000
-    entry = FileEntry.build("f.bin", len(data), 0o644, 0, chunk_bytes(data))
+    data = blob(20_000, seed=11)
+    entry = FileEntry.build("f.bin", len(data), 0o644, 0, chunk_bytes(data, PARAMS))
     asm = Assembler(tmp_path)
     part = asm.open_part(entry)
+    first_off, _, first_len = offsets(entry)[0]
+    asm.write(part, first_off, data[:first_len])  # incomplete: the descriptor stays open
     number = part.fd
+    assert number is not None
     asm.close(part)
     bystander = os.open(tmp_path / "bystander", os.O_CREAT | os.O_RDWR, 0o600)
     try:

@@ -460,3 +460,40 @@ def test_chunking_512_mib_keeps_the_python_heap_flat(tmp_path: Path) -> None:
         assert peak < chunk_list + 8 * MiB, (peak, chunk_list)
     finally:
         path.unlink(missing_ok=True)  # pytest keeps old tmp dirs around; 512 MiB is too much
+
+
+def _vm_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(key)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_resident_memory_stays_about_one_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is read a block at a time into one reused buffer: chunking a file much larger
+    than the block does not make the process resident size grow with the file."""
+    monkeypatch.setattr(chunker, "READ_BLOCK", 4 * MiB)
+    path = tmp_path / "big.bin"
+    block = random.Random(13).randbytes(4 * MiB)
+    with open(path, "wb") as f:
+        for i in range(24):  # 96 MiB
+            f.write(i.to_bytes(8, "little") + block[8:])
+    load_fastcdc()
+    before = _vm_kib("VmRSS")
+    peak_seen = 0
+    real = chunker.hash_chunk
+
+    def watching(piece):
+        nonlocal peak_seen
+        peak_seen = max(peak_seen, _vm_kib("VmRSS"))
+        return real(piece)
+
+    monkeypatch.setattr(chunker, "hash_chunk", watching)
+    result = chunk_file(path)
+    assert result.size == 96 * MiB
+    growth_mib = (peak_seen - before) / 1024
+    assert growth_mib < 40, growth_mib  # ~ the 4 MiB buffer plus the chunk list

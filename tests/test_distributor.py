@@ -183,7 +183,7 @@ def test_forget_chunks_not_in_live_set():
     d.assign("b", [h(3), h(4)])  # b fetching h3, h4
     d.forget_chunks_not_in({h(2), h(4)})
     # Internal maps shrink with the dataset (the point of forgetting).
-    assert set(d._holders) == {h(2)}
+    assert d._peers["a"].held == {h(2)}
     assert set(d._fetching) == {h(4)}
     assert d.held_count("a") == 1
     assert d.holds("a", h(2))
@@ -256,3 +256,34 @@ def test_simulation_with_tiny_batches_and_other_seeds():
     for seed in range(3):
         total, _ = simulate(6, n_chunks=500, seed=100 + seed, batch=1)
         assert total == 500
+
+
+def test_a_complete_peer_shares_the_manifest_set():
+    """A peer reporting every chunk of the current manifest costs no per-chunk memory: its
+    record refers to the manifest's own set. It still answers holds() and counts right, and a
+    new manifest leaves it holding what it really holds until it reports again."""
+    d, _ = make("a", "b")
+    live = {h(i) for i in range(50)}
+    d.forget_chunks_not_in(live)
+    d.update_holdings("a", [h(i) for i in range(50)], [], full=True)
+    assert d._peers["a"].whole is live
+    assert d._peers["a"].held == set()
+    assert d.held_count("a") == 50
+    assert d.holds("a", h(7))
+    assert d.assign("b", [h(7)]).elsewhere == ((h(7), "a-addr"),)
+    # A new version: half the old chunks plus new ones; a still holds only the old half.
+    new_live = {h(i) for i in range(25, 75)}
+    d.forget_chunks_not_in(new_live)
+    assert d.held_count("a") == 25
+    assert not d.holds("a", h(60))
+    assert d.assign("b", [h(60)]).from_master == (h(60),)
+    # A partial report replaces the shared set with a real one.
+    d.update_holdings("a", [h(i) for i in range(25, 40)], [], full=True)
+    assert d._peers["a"].whole is None
+    assert d.held_count("a") == 15
+    # Losing a chunk of a complete set is recorded too.
+    d.update_holdings("a", list(new_live), [], full=True)
+    assert d._peers["a"].whole is new_live
+    d.update_holdings("a", [], [h(30)])
+    assert not d.holds("a", h(30))
+    assert d.held_count("a") == 49

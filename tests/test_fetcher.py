@@ -64,6 +64,12 @@ class FakePeer:
             if self.duplicate:
                 chunks.append((h, data))
         chunks.extend(self.extra)
+        if self.mode == "trickle":  # still fetching: half now, the rest "not yet" (stale)
+            keep = chunks[: max(1, len(chunks) // 2)] if len(self.calls) <= 3 else chunks
+            later = tuple(h for h, _ in chunks if (h, self.data[h]) not in keep)
+            return ChunkResponse(0, tuple(keep), (), later, ())
+        if self.mode == "stuck":  # its own wait ran out: nothing, everything "not yet"
+            return ChunkResponse(0, (), (), tuple(hashes), ())
         return ChunkResponse(0, tuple(chunks), (), (), ())
 
 
@@ -555,3 +561,55 @@ async def test_master_naming_a_banned_source_is_not_followed():
         # The master keeps redirecting to the liar forever; we keep refusing it, never asking.
         await asyncio.wait_for(fetcher_for(net, sink, health=health).fetch(hashes), 0.3)
     assert liar.calls == []
+
+
+# -- peers that are still fetching ---------------------------------------------------------------
+
+
+async def test_not_yet_chunks_are_asked_again_from_the_same_peer():
+    """A peer answers with what it has and "stale" for what it is still fetching; those are
+    asked from it again, not from the master (which would send them a second time)."""
+    data = make_chunks(80)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    peer = net.add_peer("p:1", hashes[:60], mode="trickle")
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_peers == 60
+    assert stats.from_master == 20
+    assert net.asked_after_redirect == []  # nothing went back to the master
+    assert len(peer.calls) > 1
+
+
+async def test_a_peer_that_never_delivers_not_yet_chunks_sends_them_to_the_master():
+    data = make_chunks(40)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    net.add_peer("p:1", hashes[:10], mode="stuck")
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert stats.from_master == 40
+    assert {h for h, _ in net.asked_after_redirect} == set(hashes[:10])
+    assert all("p:1" in avoid for _, avoid in net.asked_after_redirect)
+
+
+async def test_not_yet_is_bounded(monkeypatch):
+    """A peer that keeps trickling one chunk per answer cannot hold the rest forever."""
+    monkeypatch.setattr(fetch_mod, "MAX_NOT_YET", 2)
+    data = make_chunks(30)
+    hashes = list(data)
+    net, sink = FakeNet(data), Sink()
+    peer = net.add_peer("p:1", hashes[:20])
+
+    async def one_at_a_time(asked):
+        peer.calls.append(list(asked))
+        await _real_sleep(0)
+        first = asked[0]
+        return ChunkResponse(0, ((first, peer.data[first]),), (), tuple(asked[1:]), ())
+
+    peer.serve = one_at_a_time
+    stats = await fetcher_for(net, sink).fetch(hashes)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_master > 10  # most of the trickled batch went to the master

@@ -248,3 +248,23 @@ def test_file_changing_while_hashed_keeps_previous_entry(env, monkeypatch):
     assert (
         by_path(fourth)["busy"].size == 6000 + 4 * 2
     )  # appended during the second and third scans
+
+
+def test_rescan_shares_unchanged_entries_with_the_previous_scan(env):
+    """A rescan returns the previous scan's very objects for unchanged files, so the master does
+    not hold two copies of every chunk list while it swaps manifests."""
+    root, cache = env
+    scanner = Scanner(root, cache, PARAMS)
+    put(root, "same.bin", blob(5000, 1))
+    put(root, "edited.bin", blob(5000, 2))
+    first = {e.path: e for e in scanner.scan().entries}
+    put(root, "edited.bin", blob(5000, 3), mtime_ns=OLD_NS + 1_000_000_000)
+    second = {e.path: e for e in scanner.scan(first).entries}
+    assert second["same.bin"] is first["same.bin"]
+    assert second["edited.bin"] is not first["edited.bin"]
+    assert second["edited.bin"].digest != first["edited.bin"].digest
+    # A mode change alone is a new entry too (same chunks, other bits).
+    os.chmod(root / "same.bin", 0o600)
+    third = {e.path: e for e in scanner.scan(second).entries}
+    assert third["same.bin"] is not second["same.bin"]
+    assert third["same.bin"].mode == 0o600

@@ -76,6 +76,12 @@ def _load_versions(db) -> list[dict]:
     return [v for v in versions if isinstance(v, dict)] if isinstance(versions, list) else []
 
 
+# Chunk responses being read or sent at once, over all peers. Each holds a batch of up to a few
+# MB (about three copies while it is encoded), so this bounds the master's memory whatever the
+# number of peers; more would not send faster, the reads share one thread and one uplink.
+SERVE_SLOTS = 4
+
+
 @dataclass
 class PeerSession:
     channel: Channel
@@ -129,6 +135,7 @@ class MasterDaemon:
         self.bus = self.control.bus
         self.rates: RateTable = self.control.rates
         self._handshakes = HandshakeLimit()
+        self._serving = asyncio.Semaphore(SERVE_SLOTS)
         self.bytes_sent = 0
         self.chunks_sent = 0
         self.server: asyncio.Server | None = None
@@ -447,7 +454,10 @@ class MasterDaemon:
             data = self._encoded[current.version] = encode_manifest(current)
         return ManifestResponse(msg.req_id, current.version, None, data)
 
-    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse:
+    async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse | None:
+        """Answer a chunk request. A response that only points elsewhere goes out at once; one
+        that carries chunk bytes is read and sent inside a serving slot, held until its bytes
+        are handed to the socket."""
         manifest = self.current
         locations = manifest.chunk_locations()
         known = [h for h in msg.hashes if h in locations]
@@ -457,19 +467,27 @@ class MasterDaemon:
             serve, elsewhere = list(plan.from_master), plan.elsewhere
         else:
             serve, elsewhere = known, ()
-        found, stale = await asyncio.get_running_loop().run_in_executor(
-            self.read_pool, self.reader.read_many, serve, locations
-        )
-        if stale:
-            log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
-            self._rescan.set()
-        sent = sum(len(d) for _, d in found)
-        if session.role == "peer":
-            self.rates.add(session.node_id, "from_master", sent)
-        session.bytes_sent += sent
-        self.bytes_sent += sent
-        self.chunks_sent += len(found)
-        return ChunkResponse(msg.req_id, tuple(found), missing, tuple(stale), tuple(elsewhere))
+        if not serve:
+            return ChunkResponse(msg.req_id, (), missing, (), tuple(elsewhere))
+        async with self._serving:
+            found, stale = await asyncio.get_running_loop().run_in_executor(
+                self.read_pool, self.reader.read_many, serve, locations
+            )
+            if stale:
+                log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
+                self._rescan.set()
+            sent = sum(len(d) for _, d in found)
+            if session.role == "peer":
+                self.rates.add(session.node_id, "from_master", sent)
+            session.bytes_sent += sent
+            self.bytes_sent += sent
+            self.chunks_sent += len(found)
+            response = ChunkResponse(
+                msg.req_id, tuple(found), missing, tuple(stale), tuple(elsewhere)
+            )
+            del found  # the response holds the only reference: freed as soon as it is sent
+            await session.channel.send(response)
+        return None
 
     # -- status -----------------------------------------------------------------------------
 

@@ -20,6 +20,13 @@ from dataclasses import dataclass, field
 class _PeerRecord:
     addr: str
     held: set[bytes] = field(default_factory=set)
+    # A peer that reported holding every chunk of a manifest shares that manifest's own hash
+    # set here instead of keeping a copy: a complete peer costs no memory per chunk.
+    whole: frozenset[bytes] | set[bytes] | None = None
+
+    def holds(self, chunk: bytes) -> bool:
+        return chunk in self.held or (self.whole is not None and chunk in self.whole)
+
     # Redirects handed out recently, to spread requests across holders; halves every few seconds.
     load: float = 0.0
     load_stamp: float = 0.0
@@ -42,26 +49,22 @@ class Distributor:
         self._fetch_ttl = fetch_ttl
         self._clock = clock
         self._peers: dict[str, _PeerRecord] = {}
-        self._holders: dict[bytes, set[str]] = {}
+        # The current manifest's chunk set (the manifest's own object, not a copy).
+        self._live: set[bytes] | frozenset[bytes] | None = None
         # chunk -> (peer id, deadline): the master sent it to that peer, who will hold it soon.
         self._fetching: dict[bytes, tuple[str, float]] = {}
 
     # -- membership and holdings ------------------------------------------------------------
+    # Who holds a chunk is found by asking each peer's record (a few set lookups per chunk for
+    # tens of peers) rather than kept in a chunk -> holders map, which cost ~300 bytes per chunk.
 
     def peer_joined(self, peer_id: str, addr: str) -> None:
         self.peer_left(peer_id)
         self._peers[peer_id] = _PeerRecord(addr=addr)
 
     def peer_left(self, peer_id: str) -> None:
-        record = self._peers.pop(peer_id, None)
-        if record is None:
+        if self._peers.pop(peer_id, None) is None:
             return
-        for chunk in record.held:
-            holders = self._holders.get(chunk)
-            if holders is not None:
-                holders.discard(peer_id)
-                if not holders:
-                    del self._holders[chunk]
         for chunk in [c for c, (pid, _) in self._fetching.items() if pid == peer_id]:
             del self._fetching[chunk]
 
@@ -72,41 +75,49 @@ class Distributor:
         if record is None:
             return
         if full:
-            removed = set(record.held)
-            added = set(added)
-            removed -= added
-            added -= record.held
-        for chunk in removed:
-            if chunk in record.held:
+            reported = added if isinstance(added, set | frozenset) else set(added)
+            live = self._live
+            if live and len(reported) >= len(live) and all(c in reported for c in live):
+                record.whole, record.held = live, set()
+            else:
+                record.whole, record.held = None, set(reported)
+            added = reported
+        else:
+            for chunk in removed:
                 record.held.discard(chunk)
-                holders = self._holders.get(chunk)
-                if holders is not None:
-                    holders.discard(peer_id)
-                    if not holders:
-                        del self._holders[chunk]
+                if record.whole is not None and chunk in record.whole:
+                    # Rare (a peer lost a chunk of a complete set): fall back to a real set.
+                    record.held = set(record.whole) - {chunk} | record.held
+                    record.whole = None
+            record.held.update(added)
         for chunk in added:
-            if chunk not in record.held:
-                record.held.add(chunk)
-                self._holders.setdefault(chunk, set()).add(peer_id)
-                fetch = self._fetching.get(chunk)
-                if fetch is not None and fetch[0] == peer_id:
-                    del self._fetching[chunk]
+            fetch = self._fetching.get(chunk)
+            if fetch is not None and fetch[0] == peer_id:
+                del self._fetching[chunk]
 
-    def forget_chunks_not_in(self, live: set[bytes]) -> None:
-        """Drop holdings of chunks no longer in the manifest, so memory follows the dataset."""
-        for chunk in [c for c in self._holders if c not in live]:
-            for peer_id in self._holders.pop(chunk):
-                self._peers[peer_id].held.discard(chunk)
+    def forget_chunks_not_in(self, live: set[bytes] | frozenset[bytes]) -> None:
+        """A new manifest: drop holdings of chunks no longer in it, so memory follows the
+        dataset. Complete peers keep their (older) set until they report again."""
+        self._live = live
+        for record in self._peers.values():
+            record.held.intersection_update(live)
         for chunk in [c for c in self._fetching if c not in live]:
             del self._fetching[chunk]
 
     def held_count(self, peer_id: str) -> int:
         record = self._peers.get(peer_id)
-        return len(record.held) if record else 0
+        if record is None:
+            return 0
+        if record.whole is None:
+            return len(record.held)
+        if record.whole is self._live:
+            return len(record.whole) + len(record.held)
+        live = self._live or ()
+        return sum(1 for c in live if record.holds(c))
 
     def holds(self, peer_id: str, chunk: bytes) -> bool:
         record = self._peers.get(peer_id)
-        return record is not None and chunk in record.held
+        return record is not None and record.holds(chunk)
 
     # -- assignment -------------------------------------------------------------------------
 
@@ -137,9 +148,8 @@ class Distributor:
     def _best_holder(self, chunk: bytes, requester: str, avoid: set[str], now: float) -> str | None:
         best: str | None = None
         best_load = 0.0
-        for peer_id in self._holders.get(chunk, ()):
-            record = self._peers[peer_id]
-            if peer_id == requester or record.addr in avoid:
+        for peer_id, record in self._peers.items():
+            if peer_id == requester or record.addr in avoid or not record.holds(chunk):
                 continue
             load = self._current_load(record, now)
             if best is None or load < best_load:

@@ -62,6 +62,7 @@ log = logging.getLogger("sift.peer")
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 SERVE_WAIT = 15.0  # how long a request for a chunk we are still fetching may wait for it
+SERVE_GATHER = 0.05  # once part of a batch is here, how long to wait for more before answering
 PROGRESS_REPORT_INTERVAL = 0.5
 PEER_REQUEST_TIMEOUT = 30.0
 WRITE_RETRY_MAX = 5.0  # a full or failing disk is retried this often, so a sync resumes soon
@@ -346,6 +347,7 @@ class PeerDaemon:
             "files_written": report.files_written,
             "files_deleted": report.files_deleted,
             "bytes_copied_locally": report.bytes_copied_locally,
+            "bytes_reused": report.bytes_reused,
             "bytes_from_master": report.fetch.bytes_from_master,
             "bytes_from_peers": report.fetch.bytes_from_peers,
             "seconds": round(report.seconds, 3),
@@ -510,23 +512,32 @@ class PeerDaemon:
         )
 
     async def _serve_chunks(self, msg: ChunkRequest) -> ChunkResponse:
+        """Serve what we hold. Chunks we are still fetching are waited for, but once some of
+        the batch is here the answer goes out within SERVE_GATHER with the rest marked stale
+        ("not yet, ask again"), so a batch is not held back by its slowest chunk."""
         wanted = list(dict.fromkeys(msg.hashes))
         deadline = time.monotonic() + SERVE_WAIT
+        gather_until: float | None = None
         while True:
             waiting = [
                 h for h in wanted if h not in self.chunks.locations and h in self.chunks.pending
             ]
-            remaining = deadline - time.monotonic()
-            if not waiting or remaining <= 0:
+            now = time.monotonic()
+            if not waiting or now >= deadline:
                 break
-            await self.chunks.wait_for_arrivals(remaining)
+            if gather_until is None and len(waiting) < len(wanted):
+                gather_until = now + SERVE_GATHER
+            if gather_until is not None and now >= gather_until:
+                break
+            await self.chunks.wait_for_arrivals(min(deadline, gather_until or deadline) - now)
         have = [h for h in wanted if h in self.chunks.locations]
         found, _stale = await asyncio.to_thread(
             self.chunks.reader.read_many, have, dict(self.chunks.locations)
         )
         got = {h for h, _ in found}
-        missing = tuple(h for h in wanted if h not in got)
-        return ChunkResponse(msg.req_id, tuple(found), missing, (), ())
+        later = tuple(h for h in wanted if h not in got and h in self.chunks.pending)
+        missing = tuple(h for h in wanted if h not in got and h not in later)
+        return ChunkResponse(msg.req_id, tuple(found), missing, later, ())
 
     # -- status -----------------------------------------------------------------------------
 

@@ -33,6 +33,9 @@ BATCH_CHUNKS = 256  # many small chunks travel together
 MASTER_PARALLEL = 4  # requests in flight to the master
 PEER_PARALLEL = 4  # requests in flight to each peer
 MAX_STALE_ROUNDS = 20  # the master said "stale" this many times: give up this sync
+# A peer answers "stale" for chunks it is still fetching itself ("not yet, ask me again"); a
+# chunk is asked again from that peer this many times before it goes to the master instead.
+MAX_NOT_YET = 20
 BAD_CHUNKS_BEFORE_BAN = 3
 BAN_SECONDS = 300.0  # how long a lying source is not asked (then it gets a fresh start)
 DEMOTED_PARALLEL = 1  # requests in flight to a source that served one bad chunk
@@ -153,6 +156,7 @@ class _Work:
     peer_queues: dict[str, deque[bytes]] = field(default_factory=dict)
     active: dict[str, int] = field(default_factory=dict)  # source -> requests in flight
     bad: dict[str, int] = field(default_factory=dict)
+    not_yet: dict[bytes, int] = field(default_factory=dict)  # chunk -> "ask again" answers
     banned: set[str] = field(default_factory=set)
     stale_rounds: int = 0
 
@@ -281,7 +285,25 @@ class Fetcher:
             return
         await self._accept(response.chunks, batch, addr, work)
         got = {c for c, _ in response.chunks}
-        self._give_up_on(addr, [c for c in batch if c not in got and c in work.pending], work)
+        # "Not yet": the peer is still fetching these. It answered with what it had instead of
+        # holding the whole batch for its slowest chunk, so ask it again (bounded); an answer
+        # with nothing in it came after the peer's own wait ran out: go to the master.
+        asked = set(batch)
+        again = []
+        if got:
+            for c in response.stale:
+                if c in asked and c not in got and c in work.pending:
+                    work.not_yet[c] = work.not_yet.get(c, 0) + 1
+                    if work.not_yet[c] <= MAX_NOT_YET:
+                        again.append(c)
+        if again:
+            work.peer_queues.setdefault(addr, deque()).extend(again)
+        again_set = set(again)
+        self._give_up_on(
+            addr,
+            [c for c in batch if c not in got and c not in again_set and c in work.pending],
+            work,
+        )
 
     def _give_up_on(self, addr: str, chunks: list[bytes], work: _Work, ban: bool = False) -> None:
         if ban:

@@ -12,6 +12,15 @@ from sift.core.manifest import DirEntry, Entry, FileEntry, Manifest, SymlinkEntr
 
 
 @dataclass(frozen=True)
+class Run:
+    """`length` bytes at `src` in the file being replaced belong at `dst` in its successor."""
+
+    src: int
+    dst: int
+    length: int
+
+
+@dataclass(frozen=True)
 class SyncPlan:
     target: Manifest
     write: tuple[FileEntry, ...]  # content differs: assemble in .sift/tmp, then replace
@@ -73,3 +82,33 @@ def make_plan(local: Mapping[str, Entry], target: Manifest) -> SyncPlan:
         links=tuple(links),
         delete=tuple(delete),
     )
+
+
+def reusable_runs(old: FileEntry, new: FileEntry) -> tuple[list[Run], list[int]]:
+    """Which bytes of `new` the file it replaces (`old`) already holds: maximal runs of
+    consecutive chunks that sit one after another in `old` too (at the same offsets after an
+    in-place edit, shifted after an insertion), plus the offsets in `new` of the chunks the runs
+    cover. Chunks are matched by hash and length, so the runs name the same bytes."""
+    where: dict[tuple[bytes, int], int] = {}
+    offset = 0
+    for chunk in old.chunks:
+        where.setdefault((chunk.hash, chunk.length), offset)
+        offset += chunk.length
+    runs: list[Run] = []
+    covered: list[int] = []
+    offset = 0
+    for chunk in new.chunks:
+        src = where.get((chunk.hash, chunk.length))
+        if src is not None:
+            covered.append(offset)
+            last = runs[-1] if runs else None
+            if (
+                last is not None
+                and last.src + last.length == src
+                and (last.dst + last.length == offset)
+            ):
+                runs[-1] = Run(last.src, last.dst, last.length + chunk.length)
+            else:
+                runs.append(Run(src, offset, chunk.length))
+        offset += chunk.length
+    return runs, covered

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from sift.core.chunker import FileChunks
 from sift.core.manifest import ChunkLocation, DirEntry, FileEntry, Manifest
 from sift.peer.assembly import Assembler, PartFile
 from sift.peer.fetch import ChunkSource, Fetcher, FetchStats
-from sift.peer.plan import SyncPlan, make_plan
+from sift.peer.plan import SyncPlan, make_plan, reusable_runs
 from sift.scanner import Scanner
 from sift.state import ScanCache
 
@@ -58,12 +60,17 @@ class SyncProgress:
         }
 
 
+# Below this many reusable bytes, the generic chunk copy is as cheap as a kernel copy.
+REUSE_MIN_BYTES = 1 << 20
+
+
 @dataclass
 class SyncReport:
     version: int
     files_written: int = 0
     files_deleted: int = 0
     bytes_copied_locally: int = 0
+    bytes_reused: int = 0  # copied in the kernel from the file each new one replaces
     fetch: FetchStats = field(default_factory=FetchStats)
     seconds: float = 0.0
 
@@ -102,6 +109,10 @@ def _missing_bytes(part: PartFile) -> int:
             missing += chunk.length
         offset += chunk.length
     return missing
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def locations_of(entries) -> dict[bytes, ChunkLocation]:
@@ -143,11 +154,17 @@ class Syncer:
 
     async def run(self, target: Manifest) -> SyncReport:
         started = time.monotonic()
+        phases: dict[str, float] = {}
+
+        def lap(name: str) -> None:
+            phases[name] = time.monotonic() - started - sum(phases.values())
+
         report = SyncReport(version=target.version)
         self.assembler.forget_checked_dirs()
         local = await self.scan_local(target)
         self.chunks.reset(locations_of(local.values()))
         plan = make_plan(local, target)
+        lap("scan")
         if plan.is_empty:
             self.chunks.reset(locations_of(target.entries.values()))
             report.seconds = time.monotonic() - started
@@ -161,16 +178,23 @@ class Syncer:
             bytes_done=sum(p.entry.size - _missing_bytes(p) for p in parts),
         )
         self.on_start(self.progress)
+        lap("open")
         try:
+            report.bytes_reused = await asyncio.to_thread(self._reuse_replaced, parts, local)
+            self.progress.bytes_done += report.bytes_reused
+            lap("reuse")
             dests = self._destinations(parts)
             report.bytes_copied_locally = await self._copy_local(dests)
+            lap("copy")
             needed = [h for h in dests if h not in self._written]
             if needed:
                 lengths = {c.hash: c.length for f in plan.write for c in f.chunks}
                 self.chunks.pending = set(needed)
                 fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
                 report.fetch = await fetcher.fetch(needed)
+            lap("fetch")
             await asyncio.to_thread(self._commit, plan, parts, report)
+            lap("commit")
         finally:
             self.progress = None
             self.chunks.pending = set()
@@ -178,6 +202,7 @@ class Syncer:
                 self.assembler.close(part)
         self.chunks.reset(locations_of(target.entries.values()))
         report.seconds = time.monotonic() - started
+        log.debug("sync phases: %s", ", ".join(f"{k} {v:.2f}s" for k, v in phases.items()))
         return report
 
     # -- steps ------------------------------------------------------------------------------
@@ -186,6 +211,47 @@ class Syncer:
         parts = [self.assembler.open_part(entry) for entry in plan.write]
         self.assembler.remove_stale_parts(p.path for p in parts)
         return parts
+
+    def _reuse_replaced(self, parts: list[PartFile], local: dict) -> int:
+        """Copy what a changed file keeps from its previous version straight from that file,
+        inside the kernel (worker thread). A one-byte edit in a large file then costs a kernel
+        copy (or a reflink) plus the changed chunk, not a read, hash and write of every chunk."""
+        total = 0
+        for part in parts:
+            old = local.get(part.entry.path)
+            if part.created or not isinstance(old, FileEntry) or not old.chunks:
+                continue  # resumed parts keep their own bytes; nothing to reuse from a non-file
+            runs, covered = reusable_runs(old, part.entry)
+            if sum(r.length for r in runs) < REUSE_MIN_BYTES:
+                continue
+            total += self._copy_from_replaced(part, old, runs, covered)
+        return total
+
+    def _copy_from_replaced(self, part: PartFile, old: FileEntry, runs, covered) -> int:
+        try:
+            fd = os.open(self.local_dir / old.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return 0
+        try:
+            before = os.fstat(fd)
+            if (
+                not stat.S_ISREG(before.st_mode)
+                or before.st_size != old.size
+                or before.st_mtime_ns != old.mtime_ns
+            ):
+                return 0  # not the file the scan described: take the verified path
+            same_place = sum(r.length for r in runs if r.src == r.dst)
+            copied = self.assembler.copy_runs(
+                part, fd, runs, clone=2 * same_place >= part.entry.size
+            )
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if _identity(after) != _identity(before):
+            # It changed while we copied: count nothing, every chunk is written the usual way.
+            return 0
+        self.assembler.mark_written(part, covered)
+        return copied
 
     def _destinations(self, parts: list[PartFile]) -> dict[bytes, list[tuple[PartFile, int]]]:
         self._written.clear()

@@ -15,7 +15,7 @@ from sift_tui.messages import PeerHoldings, RatesUpdated, SyncProgress
 from sift_tui.widgets.config import ConfigView
 from sift_tui.widgets.offline import OfflineView
 from sift_tui.widgets.tables import KeyedTable
-from tests.tui.conftest import settle
+from tests.tui.conftest import settle, wait_until
 from tests.tui.fake import (
     FIRST_EVENT,
     PEER_SOCKET,
@@ -141,10 +141,7 @@ async def test_reconnects_after_the_daemon_restarts_and_resumes_with_since():
 
         daemon.down = True
         daemon.drop_clients()
-        for _ in range(200):
-            await pilot.pause()
-            if not app.online:
-                break
+        await wait_until(pilot, lambda: not app.online, "the offline screen")
         assert app.query_one("#body", ContentSwitcher).current == "offline"
         assert "no such socket" in str(app.query_one("#offline-detail").render())
 
@@ -154,10 +151,7 @@ async def test_reconnects_after_the_daemon_restarts_and_resumes_with_since():
         daemon.status = status
         daemon.push(event(800, "manifest.published", version=8, files=15, bytes=1))
         daemon.down = False
-        for _ in range(400):
-            await pilot.pause()
-            if app.online:
-                break
+        await wait_until(pilot, lambda: app.online, "the reconnection")
         await settle(pilot, daemon)
         assert app.online
         assert daemon.subscribed_since[-1] == last_seen
@@ -293,15 +287,9 @@ async def test_needs_restart_marks_survive_a_dropped_connection_but_not_a_restar
     async def reconnect(pilot) -> None:
         daemon.down = True
         daemon.drop_clients()
-        for _ in range(200):
-            await pilot.pause()
-            if not app.online:
-                break
+        await wait_until(pilot, lambda: not app.online, "the offline screen")
         daemon.down = False
-        for _ in range(400):
-            await pilot.pause()
-            if app.online:
-                break
+        await wait_until(pilot, lambda: app.online, "the reconnection")
         await settle(pilot, daemon)
 
     async with app.run_test(size=SIZE) as pilot:
