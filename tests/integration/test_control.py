@@ -11,6 +11,7 @@ import pytest
 
 from sift.control.client import ControlClient, ControlError, control_call
 from tests.integration.cluster import wait_for
+from tests.integration.faultproxy import FaultProxy
 from tests.integration.test_sync import make_tree, run_sift
 
 EVENT_TIMEOUT = 30.0
@@ -198,3 +199,32 @@ def test_identity_and_recent_versions_survive_a_master_restart(cluster):
     assert [v["version"] for v in after["versions"]][: len(before["versions"])] == [
         v["version"] for v in before["versions"]
     ]
+
+
+async def test_a_slow_sync_reports_progress_sources_and_rates(cluster):
+    (cluster.master_dir / "big.bin").write_bytes(os.urandom(6 << 20))
+    await asyncio.to_thread(cluster.start_master)
+    with FaultProxy(("127.0.0.1", cluster.master_port)) as proxy:
+        proxy.throttle(2_000_000)  # about 3 s for the file: several progress reports
+        await asyncio.to_thread(cluster.add_peer, master_addr=proxy.addr)
+        await asyncio.to_thread(
+            wait_for, lambda: cluster.peer_socket(0).exists(), 30, "the peer's control socket"
+        )
+        async with await ControlClient.connect(cluster.peer_socket(0)) as peer:
+            await peer.subscribe(since=0)
+            started = await wait_event(peer, lambda e: e["type"] == "sync.started")
+            assert started["data"]["bytes_total"] == 6 << 20
+            progress = await wait_event(
+                peer,
+                lambda e: e["type"] == "sync.progress" and 0 < e["data"]["bytes_done"] < 6 << 20,
+            )
+            assert progress["data"]["current"] == ["big.bin"]
+            assert progress["data"]["sources"]["master"] > 0
+            status = await peer.call("status")
+            assert status["syncing"]
+            assert status["progress"]["bytes_total"] == 6 << 20
+            rates = await wait_event(peer, lambda e: e["type"] == "rates")
+            assert 0 < rates["data"]["peers"]["master"]["in"] < 4_000_000
+            finished = await wait_event(peer, lambda e: e["type"] == "sync.finished")
+            assert finished["data"]["bytes_from_master"] == 6 << 20
+        await asyncio.to_thread(cluster.wait_converged)
