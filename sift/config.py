@@ -456,7 +456,6 @@ def master_config_from_dict(
             f"max_frame_size: {max_frame_size} is too small for chunk_max_size "
             f"{params.max_size} (need at least {params.max_size + FRAME_OVERHEAD})",
         )
-    tls_cert, tls_key, tls_ca = r.tls_files()
     return MasterConfig(
         watched_dir=watched_dir,
         psk=psk,
@@ -467,11 +466,7 @@ def master_config_from_dict(
         rescan_interval=rescan_interval,
         debounce_ms=debounce_ms,
         max_frame_size=max_frame_size,
-        log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
-        control_group=r.group("control_group"),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_ca=tls_ca,
+        **r.common(),
         config_path=config_path,
     )
 
@@ -497,7 +492,6 @@ def peer_config_from_dict(
     _check_not_published(r, "control_socket", control_socket, local_dir, "local_dir")
     adopt = r.boolean("adopt", False)
     max_frame_size = r.integer("max_frame_size", DEFAULT_MAX_FRAME_SIZE, minimum=MIN_FRAME_SIZE)
-    tls_cert, tls_key, tls_ca = r.tls_files()
     return PeerConfig(
         master_addr=master_addr,
         psk=psk,
@@ -508,11 +502,7 @@ def peer_config_from_dict(
         advertise_addr=advertise_addr,
         adopt=adopt,
         max_frame_size=max_frame_size,
-        log_level=r.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
-        control_group=r.group("control_group"),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_ca=tls_ca,
+        **r.common(),
         config_path=config_path,
     )
 
@@ -655,6 +645,17 @@ class _Reader:
         if not value >= 0 or value == float("inf"):  # also rejects nan
             raise self.error(key, f"{key}: must be a finite number >= 0, got {value:g}")
         return value
+
+    def common(self) -> dict[str, Any]:
+        """The keys masters and peers share: logging, control socket access, TLS."""
+        tls_cert, tls_key, tls_ca = self.tls_files()
+        return {
+            "log_level": self.choice("log_level", LOG_LEVELS, DEFAULT_LOG_LEVEL),
+            "control_group": self.group("control_group"),
+            "tls_cert": tls_cert,
+            "tls_key": tls_key,
+            "tls_ca": tls_ca,
+        }
 
     def group(self, key: str) -> str | None:
         name = self.string(key)
