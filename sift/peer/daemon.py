@@ -96,6 +96,7 @@ class PeerDaemon:
         self._peer_channels: dict[str, Channel] = {}
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._new_holdings: list[bytes] = []
+        self._reported: set[bytes] = set()  # what the master was last told we hold
         self.server: asyncio.Server | None = None
         self.bound_port = 0
         self.last_sync: dict | None = None
@@ -285,7 +286,8 @@ class PeerDaemon:
             report.bytes_copied_locally / 1e6,
         )
         self._new_holdings.clear()
-        await self._send_holdings(full=True)
+        # Only the difference: a one-chunk edit must not resend every chunk hash we hold.
+        await self._send_holdings(full=False)
 
     def _progress(self, added: list[bytes]) -> None:
         self._new_holdings.extend(added)
@@ -297,16 +299,26 @@ class PeerDaemon:
             await asyncio.sleep(PROGRESS_REPORT_INTERVAL)
             if self._new_holdings and self.master is not None:
                 added, self._new_holdings = self._new_holdings, []
+                self._reported.update(added)
                 with contextlib.suppress(Exception):
                     await self.master.send(
                         HoldingsReport(self.synced_version, False, tuple(added), ())
                     )
 
     async def _send_holdings(self, full: bool) -> None:
+        """Tell the master what we hold: everything on a new connection, else what changed
+        since the last report."""
         if self.master is None:
             return
-        held = tuple(self.chunks.locations)
-        await self.master.send(HoldingsReport(self.synced_version, full, held, ()))
+        held = set(self.chunks.locations)
+        if full:
+            msg = HoldingsReport(self.synced_version, True, tuple(held), ())
+        else:
+            added = tuple(held - self._reported)
+            removed = tuple(self._reported - held)
+            msg = HoldingsReport(self.synced_version, False, added, removed)
+        self._reported = held
+        await self.master.send(msg)
 
     # -- ChunkSource for the fetcher ----------------------------------------------------------
 
