@@ -193,7 +193,7 @@ def chunk_file(path: str | os.PathLike[str], params: ChunkParams = DEFAULT_PARAM
 # Bytes of a file cut per step. Pages of the map a step is done with are dropped from this
 # process (MADV_DONTNEED; they stay in the page cache), so the scanner's resident memory stays
 # about one window whatever the file's size, instead of growing to the largest file's size.
-WINDOW = 16 * 1024 * 1024
+WINDOW = 8 * 1024 * 1024
 
 
 def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chunk, ...]:
