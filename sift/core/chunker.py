@@ -217,20 +217,37 @@ def _chunk_windows(
 ) -> tuple[Chunk, ...]:
     """Cut a window at a time. FastCDC decides each cut from the bytes after the chunk's start
     only, so every chunk of a window but the last is the one a whole-file pass finds; the last
-    may be cut short by the window's end, so the next window starts at its start."""
+    may be cut short by the window's end, so it is not hashed and the next window starts at its
+    start."""
     if size <= WINDOW:
         return _chunk_view(view, params)
+    cut = load_fastcdc()
+    hash_ = hash_chunk
     chunks: list[Chunk] = []
+    append = chunks.append
     start = dropped = 0
     drop = getattr(mmap, "MADV_DONTNEED", None)
     while start < size:
         end = min(size, start + max(WINDOW, 2 * params.max_size))
+        last = (0, 0)
         with view[start:end] as window:
-            got = _chunk_view(window, params)
-        if end < size:
-            got = got[:-1]
-        chunks.extend(got)
-        start += sum(c.length for c in got)
+            spans = cut(window, params.min_size, params.avg_size, params.max_size)
+            try:
+                for span in spans:
+                    offset, length = last
+                    if length:
+                        with window[offset : offset + length] as piece:
+                            append(Chunk(hash_(piece), length))
+                    last = (span.offset, span.length)
+            finally:
+                spans.close()  # see iter_chunk_spans
+            if end == size:
+                offset, length = last
+                with window[offset : offset + length] as piece:
+                    append(Chunk(hash_(piece), length))
+                start = size
+            else:
+                start += last[0]
         done = start - start % mmap.PAGESIZE
         if drop is not None and done > dropped:
             mm.madvise(drop, dropped, done - dropped)
