@@ -64,6 +64,9 @@ def _load_sync_file_range():
 
 _sync_file_range = _load_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
+# Early writeback only for parts this large: for a small file the I/O submission costs more
+# than it saves (and can block on a busy queue); the commit's syncfs writes small ones in bulk.
+WRITEBACK_MIN = 1 << 20
 
 FICLONE = 0x40049409  # ioctl: make a file share all of another's extents (btrfs, XFS, ...)
 
@@ -228,7 +231,7 @@ class Assembler:
         """A part is complete: start its writeback and close it. (Setting its mode and mtime
         here too was measured slower: metadata changes under writeback serialise on ext4.)"""
         try:
-            if _sync_file_range is not None:
+            if _sync_file_range is not None and part.entry.size >= WRITEBACK_MIN:
                 _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a hint: errors do not matter
         finally:
             os.close(fd)
