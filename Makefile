@@ -46,7 +46,7 @@ tools:
 	command -v rsync >/dev/null && command -v syncthing >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq rsync syncthing)
 
-# The full suite (about half an hour): sift, rsync and Syncthing on the same data; BENCH_ARGS
+# The full suite (about 15 minutes): sift, rsync and Syncthing on the same data; BENCH_ARGS
 # passes options, e.g. BENCH_ARGS="--scenarios ac --repeat 5".
 bench: $(VENV)/.installed tools
 	$(BIN)/python -m bench $(BENCH_ARGS)

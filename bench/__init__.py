@@ -1,1 +1,2 @@
-"""Benchmarks, not tests: run one as ``python -m bench.<name>`` (e.g. ``python -m bench.chunk``)."""
+"""Benchmarks, not tests: ``python -m bench`` runs sift against rsync and Syncthing (see
+docs/performance.md); ``python -m bench.chunk`` measures chunking throughput alone."""

@@ -25,7 +25,7 @@ import traceback
 from pathlib import Path
 
 from bench.common import BenchError
-from bench.report import evaluate, render_markdown, render_text, summarise
+from bench.report import evaluate, render_markdown, render_targets, render_text, summarise
 from bench.scenarios import SCENARIOS, Settings
 
 SMOKE = {
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = {k: v for k, v in results["scenarios"].items() if "error" not in v}
     print("\n" + render_text(ok))
     if args.markdown:
-        args.markdown.write_text(render_markdown(ok, results))
+        args.markdown.write_text(
+            render_markdown(ok, results) + "\n<!-- targets -->\n\n" + render_targets(ok)
+        )
     print(f"saved {out}")
     for line in broken:
         print(f"BROKEN {line}", file=sys.stderr)

@@ -183,3 +183,14 @@ def render_markdown(scenarios: dict, results: dict) -> str:
             out.append(f"- target {t['what']}: {value}, {verdict}")
         out.append("")
     return "\n".join(out)
+
+
+def render_targets(scenarios: dict) -> str:
+    """One table of every target: scenario, what, the measured median, pass or fail."""
+    out = ["| scenario | target | measured | result |", "|---|---|---|---|"]
+    for letter, summary in scenarios.items():
+        for t in summary.get("targets", []):
+            verdict = {True: "pass", False: "**fail**", None: "n/a"}[t["pass"]]
+            value = "-" if t["value"] is None else f"{t['value']:.3g}"
+            out.append(f"| ({letter}) | {t['what']} | {value} | {verdict} |")
+    return "\n".join(out) + "\n"

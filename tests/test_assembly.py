@@ -371,3 +371,28 @@ def test_closing_a_part_twice_never_closes_a_reused_descriptor(tmp_path):
         os.fstat(bystander)  # still open
     finally:
         os.close(bystander)
+
+
+def test_many_completed_parts_commit_with_one_syncfs(root, asm, monkeypatch):
+    import sift.peer.assembly as assembly_mod
+
+    calls = []
+    real = assembly_mod._syncfs
+
+    def counting(fd):
+        calls.append(fd)
+        return real(fd) if real is not None else 0
+
+    monkeypatch.setattr(assembly_mod, "_syncfs", counting)
+    parts = []
+    for i in range(10):
+        data = blob(3000, seed=100 + i)
+        part = asm.open_part(entry_for(f"many/{i}.bin", data))
+        fill(asm, part, data)
+        parts.append((part, data))
+    placed = asm.commit([p for p, _ in parts])
+    assert len(calls) == 1
+    assert len(placed) == 10
+    for (part, data), (_entry, st) in zip(parts, placed, strict=True):
+        assert (root / part.entry.path).read_bytes() == data
+        assert st.st_mtime_ns == MTIME

@@ -287,3 +287,15 @@ def test_a_complete_peer_shares_the_manifest_set():
     d.update_holdings("a", [], [h(30)])
     assert not d.holds("a", h(30))
     assert d.held_count("a") == 49
+
+
+def test_a_peer_completed_by_incremental_reports_shares_the_manifest_set():
+    d, _ = make("a")
+    live = {h(i) for i in range(20)}
+    d.forget_chunks_not_in(live)
+    d.update_holdings("a", [h(i) for i in range(10)], [], full=True)
+    assert d._peers["a"].whole is None
+    d.update_holdings("a", [h(i) for i in range(10, 20)], [])
+    assert d._peers["a"].whole is live
+    assert d.held_count("a") == 20
+    assert d.holds("a", h(15))

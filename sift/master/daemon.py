@@ -93,6 +93,7 @@ class PeerSession:
     bytes_from_peers: int = 0  # as the peer reports: chunk bytes it got from other peers
     bytes_to_peers: int = 0  # ... and served to other peers
     holdings_event_at: float = 0.0
+    holdings_state: tuple[int, bool] = (0, False)  # (version, complete) last published
 
 
 class MasterDaemon:
@@ -420,18 +421,24 @@ class MasterDaemon:
             if delta > 0:
                 self.rates.add(session.node_id, direction, delta)
             setattr(session, field, reported)
+        held = self.distributor.held_count(session.node_id)
+        total = len(self.current.chunk_hashes())
+        state = (msg.version, msg.version == self.current.version and held >= total)
         now = time.monotonic()
-        if now - session.holdings_event_at >= HOLDINGS_EVENT_INTERVAL or msg.full:
+        # Throttled, but a new version or a peer becoming complete is always told: that last
+        # report may be the only one for a while.
+        if state != session.holdings_state or now - session.holdings_event_at >= (
+            HOLDINGS_EVENT_INTERVAL
+        ):
             session.holdings_event_at = now
-            held = self.distributor.held_count(session.node_id)
-            total = len(self.current.chunk_hashes())
+            session.holdings_state = state
             self.bus.publish(
                 "peer.holdings",
                 node_id=session.node_id,
                 version=msg.version,
                 chunks_held=held,
                 chunks_total=total,
-                complete=msg.version == self.current.version and held >= total,
+                complete=state[1],
             )
 
     def _serve_manifest(self, msg: ManifestRequest) -> ManifestResponse:

@@ -90,6 +90,14 @@ class Distributor:
                     record.held = set(record.whole) - {chunk} | record.held
                     record.whole = None
             record.held.update(added)
+            live = self._live
+            if (
+                record.whole is None
+                and live
+                and len(record.held) >= len(live)
+                and all(c in record.held for c in live)
+            ):
+                record.whole, record.held = live, set()  # now complete: share the live set
         for chunk in added:
             fetch = self._fetching.get(chunk)
             if fetch is not None and fetch[0] == peer_id:

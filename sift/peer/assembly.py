@@ -64,6 +64,9 @@ def _load_sync_file_range():
 
 _sync_file_range = _load_sync_file_range()
 SYNC_FILE_RANGE_WRITE = 2
+# Early writeback only for parts this large: for a small file the I/O submission costs more
+# than it saves (and can block on a busy queue); the commit's syncfs writes small ones in bulk.
+WRITEBACK_MIN = 1 << 20
 
 FICLONE = 0x40049409  # ioctl: make a file share all of another's extents (btrfs, XFS, ...)
 
@@ -114,13 +117,21 @@ class Assembler:
                     removed += 1
         return removed
 
-    def open_part(self, entry: FileEntry) -> PartFile:
+    def existing_parts(self) -> set[str]:
+        """Names in the tmp directory: one listing instead of a failed open per new part."""
+        with os.scandir(self.tmp_dir) as it:
+            return {item.name for item in it}
+
+    def open_part(self, entry: FileEntry, existing: set[str] | None = None) -> PartFile:
         """The part file for `entry`. A part an earlier, interrupted sync left behind is
         resumed: chunks already in it are verified and kept; the rest are listed as missing.
-        A new part is not created until its first write."""
+        A new part is not created until its first write. `existing` (from existing_parts())
+        spares the lookup of parts that cannot be there."""
         path = self.part_path(entry)
         part = PartFile(entry=entry, path=path)
         try:
+            if existing is not None and path.name not in existing:
+                raise FileNotFoundError(path)
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             offset = 0
@@ -213,9 +224,17 @@ class Assembler:
             if part.missing or part.fd is None:
                 return
             fd, part.fd = part.fd, None
-        if _sync_file_range is not None:
-            _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a hint: errors do not matter
-        os.close(fd)
+        self._finish(part, fd)
+
+    @staticmethod
+    def _finish(part: PartFile, fd: int) -> None:
+        """A part is complete: start its writeback and close it. (Setting its mode and mtime
+        here too was measured slower: metadata changes under writeback serialise on ext4.)"""
+        try:
+            if _sync_file_range is not None and part.entry.size >= WRITEBACK_MIN:
+                _sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a hint: errors do not matter
+        finally:
+            os.close(fd)
 
     def close(self, part: PartFile) -> None:
         """Close once: a second os.close of the same number could close whatever descriptor
@@ -253,21 +272,30 @@ class Assembler:
             entry = part.entry
             final = self.local_dir / entry.path
             self.ensure_parent(entry.path)
-            fd = self.ensure_open(part)  # creates an empty file's part; reopens the others
-            try:
-                if not synced:
-                    os.fsync(fd)
-                os.fchmod(fd, entry.mode)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-                st = os.fstat(fd)
-            finally:
-                self.close(part)
+            st = self._seal(part, fsync=not synced)
             self._clear_obstacle(final, want_dir=False)
             os.replace(part.path, final)
             dirs.add(str(final.parent))
             placed.append((entry, st))
         self.fsync_dirs(dirs)
         return placed
+
+    def _seal(self, part: PartFile, fsync: bool) -> os.stat_result:
+        """Durability, mode and mtime for one part at the commit (an empty file's part is
+        created here)."""
+        if part.created:
+            fd = os.open(part.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            fd = self.ensure_open(part)
+            part.fd = None
+        try:
+            if fsync:
+                os.fsync(fd)
+            os.fchmod(fd, part.entry.mode)
+            os.utime(fd, ns=(part.entry.mtime_ns, part.entry.mtime_ns))
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def ensure_parent(self, rel: str) -> None:
         """Make every directory above `rel` a real directory inside local_dir. Each level is

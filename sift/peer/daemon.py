@@ -122,6 +122,7 @@ class PeerDaemon:
         self._inbound: set[Channel] = set()  # other peers connected to us
         self._peer_locks: dict[str, asyncio.Lock] = {}
         self._new_holdings: list[bytes] = []
+        self._reported: set[bytes] = set()  # what the master was last told we hold
         self.server: asyncio.Server | None = None
         self.bound_port = 0
         self.last_sync: dict | None = None
@@ -366,7 +367,8 @@ class PeerDaemon:
         )
         self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()
-        await self._send_holdings(full=True)
+        # Only the difference: a one-chunk edit must not resend every chunk hash we hold.
+        await self._send_holdings(full=False)
 
     def _banned(self, ban) -> None:
         self.bus.publish("source.banned", **ban.as_dict())
@@ -392,19 +394,31 @@ class PeerDaemon:
                 self._new_holdings or counters != self._reported_counters
             ):
                 added, self._new_holdings = self._new_holdings, []
+                self._reported.update(added)
                 with contextlib.suppress(Exception):
                     await self.master.send(self._holdings_report(False, tuple(added)))
 
     async def _send_holdings(self, full: bool) -> None:
+        """Tell the master what we hold: everything on a new connection, else what changed
+        since the last report."""
         if self.master is None:
             return
-        held = tuple(self.chunks.locations)
-        await self.master.send(self._holdings_report(full, held))
+        held = set(self.chunks.locations)
+        if full:
+            msg = self._holdings_report(True, tuple(held))
+        else:  # after a sync: only the difference, not every chunk again
+            added = tuple(held - self._reported)
+            removed = tuple(self._reported - held)
+            msg = self._holdings_report(False, added, removed)
+        self._reported = held
+        await self.master.send(msg)
 
-    def _holdings_report(self, full: bool, added: tuple[bytes, ...]) -> HoldingsReport:
+    def _holdings_report(
+        self, full: bool, added: tuple[bytes, ...], removed: tuple[bytes, ...] = ()
+    ) -> HoldingsReport:
         self._reported_counters = (self.bytes_from_peers, self.bytes_to_peers)
         return HoldingsReport(
-            self.synced_version, full, added, (), self.bytes_from_peers, self.bytes_to_peers
+            self.synced_version, full, added, removed, self.bytes_from_peers, self.bytes_to_peers
         )
 
     def progress(self) -> dict | None:

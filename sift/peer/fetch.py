@@ -28,7 +28,7 @@ from sift.protocol.messages import ChunkResponse
 
 log = logging.getLogger("sift.peer.fetch")
 
-BATCH_BYTES = 4 * 1024 * 1024  # a transfer unit: large enough to amortize a round trip
+BATCH_BYTES = 1024 * 1024  # a transfer unit: large enough to amortize a round trip
 BATCH_CHUNKS = 256  # many small chunks travel together
 MASTER_PARALLEL = 4  # requests in flight to the master
 PEER_PARALLEL = 4  # requests in flight to each peer

@@ -208,7 +208,8 @@ class Syncer:
     # -- steps ------------------------------------------------------------------------------
 
     def _open_parts(self, plan: SyncPlan) -> list[PartFile]:
-        parts = [self.assembler.open_part(entry) for entry in plan.write]
+        existing = self.assembler.existing_parts()
+        parts = [self.assembler.open_part(entry, existing) for entry in plan.write]
         self.assembler.remove_stale_parts(p.path for p in parts)
         return parts
 

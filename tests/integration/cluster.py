@@ -236,7 +236,10 @@ class Cluster:
             version = self.status()["manifest_version"]
             for i in chosen:
                 _, local, port = self.peers[i]
-                if not local.exists() or tree_state(local) != want:
+                try:
+                    if not local.exists() or tree_state(local) != want:
+                        return False
+                except FileNotFoundError:  # the peer removed something while we walked
                     return False
                 st = self.try_status(port)
                 if st is None or st["synced_version"] != version:
