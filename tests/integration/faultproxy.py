@@ -242,13 +242,14 @@ class FaultProxy:
                     for w in both:
                         self._reset(w)
                     raise ConnectionResetError("cut by the fault proxy")
-                writer.write(data)
-                await writer.drain()
+                # Counted before the write: once the far end has the bytes, the stats say so.
                 forwarded[0] += len(data)
                 if direction == "up":
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
         except (ConnectionError, OSError):
             return
 
