@@ -115,3 +115,16 @@ def test_a_daemon_started_with_psk_file_validates_with_it(tmp_path):
     change = set_config_value("master", path, "rescan_interval", 5, psk_file=str(key))
     assert change.config.psk == b"from-the-service-manager"
     assert "psk" not in path.read_text()
+
+
+def test_a_config_that_cannot_be_written_is_one_clear_error(config_file, monkeypatch):
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("sift.control.config_edit.tempfile.mkstemp", read_only)
+    before = config_file.read_bytes()
+    with pytest.raises(ControlError) as err:
+        set_config_value("master", config_file, "rescan_interval", 60)
+    assert err.value.code == "unavailable"
+    assert err.value.message == f"cannot write {config_file}: Read-only file system"
+    assert config_file.read_bytes() == before

@@ -138,7 +138,10 @@ def set_config_value(
         config = load(data, path.parent, config_path=path)
     except ConfigError as exc:
         raise ControlError("invalid", exc.message) from None
-    _replace_file(path, text)
+    try:
+        _replace_file(path, text)
+    except OSError as exc:  # e.g. a config in the read-only Nix store
+        raise ControlError("unavailable", f"cannot write {path}: {exc.strerror or exc}") from None
     return ConfigChange(key, value, config, key in LIVE_KEYS[role])
 
 
