@@ -26,6 +26,11 @@ def last_sync_text(last: dict[str, Any] | None) -> str:
         f"{human_size(last.get('bytes_from_peers'))} from peers, "
         f"{human_size(last.get('bytes_from_master'))} from the master, "
         f"{human_size(last.get('bytes_copied_locally'))} copied locally"
+        + (
+            f", {human_size(last['bytes_reused'])} kept from the previous versions"
+            if last.get("bytes_reused")
+            else ""
+        )
     )
 
 

@@ -175,3 +175,12 @@ def test_a_refresh_without_the_file_list_keeps_the_one_shown():
     parts = state.apply_status(partial)
     assert "files" not in parts
     assert state.files == files
+
+
+def test_last_sync_text_names_bytes_kept_from_the_previous_version():
+    from sift_tui.widgets.sync import last_sync_text
+
+    last = {"version": 4, "seconds": 1.5, "files_written": 1, "bytes_copied_locally": 0}
+    assert "kept from the previous" not in last_sync_text(last)
+    text = last_sync_text({**last, "bytes_reused": 3 * 1024 * 1024})
+    assert text.endswith(", 3.0 MiB kept from the previous versions")
