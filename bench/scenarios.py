@@ -183,8 +183,10 @@ def scenario_c(s: Settings) -> dict:
     size = s.size_mib * MiB
     ds = s.dataset(f"single-{s.size_mib}", lambda r: datasets.single_large(r, size))
     path = ds.root / ds.large
-    runs: dict[str, list[dict]] = {t: [] for t in s.tools}
-    for tool in s.tools:
+    # sift twice: as it comes (atomic replace) and with update_in_place on the peers.
+    tools = [x for t in s.tools for x in ((t, "sift-inplace") if t == "sift" else (t,))]
+    runs: dict[str, list[dict]] = {t: [] for t in tools}
+    for tool in tools:
         base = s.run_dir(f"c-{tool}")
         dep = TOOLS[tool](base, ds.root, s.peers)
         try:

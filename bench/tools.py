@@ -124,7 +124,7 @@ class Deployment:
 
 def _toml(values: dict) -> str:
     return "".join(
-        f"{k} = {json.dumps(v) if isinstance(v, str) else v}\n" for k, v in values.items()
+        f"{k} = {json.dumps(v) if isinstance(v, str | bool) else v}\n" for k, v in values.items()
     )
 
 
@@ -137,6 +137,7 @@ _SCANNED = re.compile(r"scan: hashed \d+ file\(s\), ([\d.]+) MB in ([\d.]+)s")
 
 class SiftDeployment(Deployment):
     name = "sift"
+    peer_options: dict = {}  # extra keys for every peer's config
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -215,6 +216,7 @@ class SiftDeployment(Deployment):
                     "local_dir": str(local),
                     "bind_addr": f"127.0.0.1:{port}",
                     "state_dir": str(self.base / f"dest{i + 1}" / "state"),
+                    **self.peer_options,
                 },
             )
             self.rss.watch(f"dest{i + 1}", proc.pid)
@@ -529,4 +531,17 @@ class SyncthingDeployment(Deployment):
         self.expect_bytes = st.get("localBytes", self.expect_bytes)
 
 
-TOOLS = {"sift": SiftDeployment, "rsync": RsyncDeployment, "syncthing": SyncthingDeployment}
+class SiftInPlaceDeployment(SiftDeployment):
+    """sift with `update_in_place = true` on the peers: scenario (c) runs it next to the default
+    (atomic replace), so the trade-off shows in one table."""
+
+    name = "sift-inplace"
+    peer_options = {"update_in_place": True}
+
+
+TOOLS = {
+    "sift": SiftDeployment,
+    "sift-inplace": SiftInPlaceDeployment,
+    "rsync": RsyncDeployment,
+    "syncthing": SyncthingDeployment,
+}

@@ -175,6 +175,7 @@ class PeerConfig:
     bind_addr: Address = DEFAULT_PEER_BIND
     advertise_addr: Address | None = None
     adopt: bool = False
+    update_in_place: bool = False
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     log_level: str = DEFAULT_LOG_LEVEL
     control_group: str | None = None
@@ -337,6 +338,15 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
         "true",
     ),
     ConfigKey(
+        "peer", "update_in_place", "boolean", False, "false",
+        "Patch a large changed file (1 MiB or more, same size, at most half of it changed) where "
+        "it stands instead of rebuilding it, on filesystems that cannot reflink (ext4): a small "
+        "edit then writes only the changed chunks, not the whole file. Crash-safe through a "
+        "journal in `.sift/tmp`, but a program reading the file during the patch may see old "
+        "and new chunks mixed, so it is off by default. See docs/operations.md.",
+        "true",
+    ),
+    ConfigKey(
         "peer", "max_frame_size", "integer", False, "67108864",
         _FRAME_DESC + " Must exceed the master's `chunk_max_size`.", "67108864",
     ),
@@ -491,6 +501,7 @@ def peer_config_from_dict(
     control_socket = r.path("control_socket") or state_dir / "control.sock"
     _check_not_published(r, "control_socket", control_socket, local_dir, "local_dir")
     adopt = r.boolean("adopt", False)
+    update_in_place = r.boolean("update_in_place", False)
     max_frame_size = r.integer("max_frame_size", DEFAULT_MAX_FRAME_SIZE, minimum=MIN_FRAME_SIZE)
     return PeerConfig(
         master_addr=master_addr,
@@ -501,6 +512,7 @@ def peer_config_from_dict(
         bind_addr=bind_addr,
         advertise_addr=advertise_addr,
         adopt=adopt,
+        update_in_place=update_in_place,
         max_frame_size=max_frame_size,
         **r.common(),
         config_path=config_path,

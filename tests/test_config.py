@@ -194,6 +194,7 @@ def test_peer_minimal_gets_defaults(tmp_path: Path) -> None:
     assert cfg.state_dir == tmp_path / "local" / ".sift" / "state"
     assert cfg.control_socket == cfg.state_dir / "control.sock"
     assert cfg.adopt is False
+    assert cfg.update_in_place is False  # atomic replace unless asked
     assert cfg.max_frame_size == 64 * 1024 * 1024
     assert "'k'" not in repr(cfg)
 
@@ -209,6 +210,7 @@ def test_peer_every_key(tmp_path: Path) -> None:
             "state_dir": "~/peer-state",
             "control_socket": "local/.sift/ctl.sock",
             "adopt": True,
+            "update_in_place": True,
             "max_frame_size": 1 << 20,
         },
         tmp_path,
@@ -219,6 +221,7 @@ def test_peer_every_key(tmp_path: Path) -> None:
     assert cfg.state_dir == Path.home() / "peer-state"
     assert cfg.control_socket == tmp_path / "local" / ".sift" / "ctl.sock"
     assert cfg.adopt is True
+    assert cfg.update_in_place is True
     assert cfg.config_path is None
 
 
@@ -365,6 +368,11 @@ def test_master_errors_name_the_key(tmp_path: Path, body: str, key: str, fragmen
         (PEER_OK + 'advertise_addr = "nope"\n', "advertise_addr", "advertise_addr: malformed"),
         (PEER_OK + 'advertise_addr = "h:0"\n', "advertise_addr", "out of range"),
         (PEER_OK + 'adopt = "yes"\n', "adopt", "adopt: expected a boolean, got string"),
+        (
+            PEER_OK + "update_in_place = 1\n",
+            "update_in_place",
+            "update_in_place: expected a boolean, got integer",
+        ),
         (PEER_OK + "watched_dir = 'x'\n", "watched_dir", "is a master setting"),
         (PEER_OK + "local_dri = 'x'\n", "local_dri", "(did you mean 'local_dir'?)"),
         (

@@ -24,6 +24,14 @@ from blake3 import blake3
 from sift.core.chunk import hash_chunk
 from sift.core.manifest import DirEntry, FileEntry, SymlinkEntry
 from sift.core.paths import RESERVED_DIR
+from sift.peer.patch import (
+    SEALED_SUFFIX,
+    UNSEALED_SUFFIX,
+    Patch,
+    apply_patch,
+    build_patch,
+    recover_patches,
+)
 from sift.peer.plan import Run
 
 log = logging.getLogger("sift.peer.assembly")
@@ -68,6 +76,41 @@ SYNC_FILE_RANGE_WRITE = 2
 # than it saves (and can block on a busy queue); the commit's syncfs writes small ones in bulk.
 WRITEBACK_MIN = 1 << 20
 
+
+def _load_fallocate():
+    """fallocate(2), mode 0: reserve a part's blocks before its chunks arrive. Chunks come in
+    random order (peers ask in different orders to spread the load), and on ext4 a random write
+    into a sparse file costs about 8x the CPU of the same write into reserved space (measured:
+    2.1 s against 0.26 s of system time per GiB of 64 KiB writes). A full disk also shows up
+    here, at once, instead of after half the file has been fetched. Not glibc's
+    posix_fallocate: where the filesystem has no fallocate it writes a byte into every block."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+# fallocate errors that mean "this filesystem cannot", not a failure: fall back to ftruncate.
+_NO_FALLOCATE = {errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV, errno.EPERM}
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Give a new, empty file its final size, with its blocks reserved where the filesystem
+    can. Raises OSError (ENOSPC when the disk cannot hold the file)."""
+    if _fallocate is not None and size > 0:
+        if _fallocate(fd, 0, 0, size) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in _NO_FALLOCATE:
+            raise OSError(err, os.strerror(err))
+    os.ftruncate(fd, size)
+
+
 FICLONE = 0x40049409  # ioctl: make a file share all of another's extents (btrfs, XFS, ...)
 
 
@@ -88,10 +131,30 @@ class PartFile:
     fd: int | None = None  # held while incomplete and written to
     created: bool = False  # the file exists in tmp (written to, or resumed)
     missing: dict[int, bytes] = field(default_factory=dict)  # offset -> chunk hash
+    # An in-place update (see sift.peer.patch): the part is then the patch journal, offsets are
+    # the chunks' slots in it, and the live file's mtime must still be `expect_mtime_ns`.
+    patch: Patch | None = None
+    expect_mtime_ns: int = 0
 
     @property
     def complete(self) -> bool:
         return not self.missing
+
+    def slots(self) -> Iterable[tuple[int, bytes, int]]:
+        """(offset in the part file, chunk hash, length) of every chunk the part holds."""
+        if self.patch is not None:
+            for change in self.patch.changes:
+                yield change.slot, change.hash, change.length
+            return
+        offset = 0
+        for chunk in self.entry.chunks:
+            yield offset, chunk.hash, chunk.length
+            offset += chunk.length
+
+    def missing_bytes(self) -> int:
+        """Bytes still to be written: the whole file minus what is already there (a resumed
+        part, or a patched file's unchanged chunks)."""
+        return sum(length for slot, _, length in self.slots() if slot in self.missing)
 
 
 class Assembler:
@@ -101,6 +164,52 @@ class Assembler:
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._checked_dirs: set[str] = set()
         self._open_lock = threading.Lock()  # chunk writes run in several worker threads
+        self._can_reflink: bool | None = None
+
+    def can_reflink(self) -> bool:
+        """Whether this filesystem shares extents (FICLONE), probed once with two small files:
+        where it can, a rebuilt file costs no copy, so in-place patching gains nothing."""
+        if self._can_reflink is None:
+            src, dst = self.tmp_dir / "reflink-probe.a", self.tmp_dir / "reflink-probe.b"
+            try:
+                src.write_bytes(b"\0" * 4096)
+                with src.open("rb") as a, dst.open("wb") as b:
+                    fcntl.ioctl(b.fileno(), FICLONE, a.fileno())
+                self._can_reflink = True
+            except OSError:
+                self._can_reflink = False
+            finally:
+                for probe in (src, dst):
+                    with contextlib.suppress(FileNotFoundError):
+                        probe.unlink()
+        return self._can_reflink
+
+    def recover_patches(self) -> int:
+        """Finish in-place updates a crash interrupted (see sift.peer.patch)."""
+        return recover_patches(self.tmp_dir, self.local_dir, self.ensure_parent)
+
+    def open_patch(
+        self, entry: FileEntry, changed: list[tuple[int, int, bytes]], expect_mtime_ns: int
+    ) -> PartFile:
+        """A journal for patching `entry`'s live file in place with the `changed` chunks
+        (offset, length, hash). Always started afresh: it holds only the changed chunks."""
+        patch, header = build_patch(entry, changed)
+        path = self.part_path(entry).with_suffix(UNSEALED_SUFFIX)
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            preallocate(fd, patch.journal_size)
+            os.pwrite(fd, header, 0)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        os.close(fd)
+        part = PartFile(entry=entry, path=path, created=True, patch=patch)
+        part.expect_mtime_ns = expect_mtime_ns
+        part.missing = {c.slot: c.hash for c in patch.changes}
+        return part
 
     def part_path(self, entry: FileEntry) -> Path:
         name = blake3(entry.path.encode()).hexdigest()[:24] + "-" + entry.digest.hex()[:16]
@@ -143,7 +252,7 @@ class Assembler:
             existing = os.fstat(fd).st_size
             if existing != entry.size:
                 os.ftruncate(fd, 0)
-                os.ftruncate(fd, entry.size)
+                preallocate(fd, entry.size)
                 resume = False
             else:
                 resume = existing > 0
@@ -157,9 +266,10 @@ class Assembler:
         part.created = True
         return part
 
-    def ensure_open(self, part: PartFile) -> int:
-        """The part's descriptor: the file is created (at its final size) on first use and
-        reopened when written to again after it was closed."""
+    def ensure_open(self, part: PartFile, *, reserve: bool = True) -> int:
+        """The part's descriptor: the file is created (at its final size, its blocks reserved
+        unless `reserve` is off, e.g. before a reflink replaces them) on first use and reopened
+        when written to again after it was closed."""
         with self._open_lock:
             if part.fd is None:
                 if part.created:
@@ -167,8 +277,17 @@ class Assembler:
                 else:
                     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
                     fd = os.open(part.path, flags, 0o600)
-                    if len(part.entry.chunks) > 1:
-                        os.ftruncate(fd, part.entry.size)  # one extent map, no growth per write
+                    try:
+                        if len(part.entry.chunks) > 1:
+                            if reserve:
+                                preallocate(fd, part.entry.size)
+                            else:
+                                os.ftruncate(fd, part.entry.size)
+                    except OSError:
+                        os.close(fd)
+                        with contextlib.suppress(OSError):
+                            os.unlink(part.path)
+                        raise
                     part.fd = fd
                     part.created = True
             return part.fd
@@ -179,7 +298,7 @@ class Assembler:
         file (reflink; the runs that kept their offset then cost no copy and no fsync), and fall
         back to copy_file_range, which filesystems without reflink still do in the page cache.
         Returns the bytes copied (cloned ones included)."""
-        fd = self.ensure_open(part)
+        fd = self.ensure_open(part, reserve=not clone)
         cloned = False
         if clone:
             try:
@@ -265,8 +384,12 @@ class Assembler:
         so the caller can record it without rehashing."""
         for part in parts:
             self.close(part)
-        synced = len(parts) > 4 and self._sync_tmp_fs()
         placed: list[tuple[FileEntry, os.stat_result]] = []
+        patches = [p for p in parts if p.patch is not None]
+        if patches:
+            placed.extend(self._apply_patches(patches))
+            parts = [p for p in parts if p.patch is None]
+        synced = len(parts) > 4 and self._sync_tmp_fs()
         dirs: set[str] = set()
         for part in parts:
             entry = part.entry
@@ -279,6 +402,27 @@ class Assembler:
             placed.append((entry, st))
         self.fsync_dirs(dirs)
         return placed
+
+    def _apply_patches(self, parts: list[PartFile]) -> list[tuple[FileEntry, os.stat_result]]:
+        """Seal every journal (fsync, rename, one directory fsync), then patch the live files:
+        from the rename on, a crash is finished by recover_patches() at the next start."""
+        sealed = []
+        for part in parts:
+            fd = os.open(part.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            journal = part.path.with_name(part.path.name.removesuffix(UNSEALED_SUFFIX))
+            journal = journal.with_name(journal.name + SEALED_SUFFIX)
+            os.replace(part.path, journal)
+            part.path = journal
+            sealed.append(part)
+        self.fsync_dirs([str(self.tmp_dir)])
+        return [
+            (p.entry, apply_patch(p.path, self.local_dir, p.expect_mtime_ns, self.ensure_parent))
+            for p in sealed
+        ]
 
     def _seal(self, part: PartFile, fsync: bool) -> os.stat_result:
         """Durability, mode and mtime for one part at the commit (an empty file's part is

@@ -113,6 +113,7 @@ class PeerDaemon:
             self,
             self._progress,
             on_start=self._sync_started,
+            update_in_place=config.update_in_place,
         )
         self.master: Channel | None = None
         self.master_version = 0
@@ -349,6 +350,7 @@ class PeerDaemon:
             "files_deleted": report.files_deleted,
             "bytes_copied_locally": report.bytes_copied_locally,
             "bytes_reused": report.bytes_reused,
+            "files_patched": report.files_patched,
             "bytes_from_master": report.fetch.bytes_from_master,
             "bytes_from_peers": report.fetch.bytes_from_peers,
             "seconds": round(report.seconds, 3),
@@ -356,7 +358,7 @@ class PeerDaemon:
         }
         log.info(
             "synced to version %d in %.2fs: %d file(s) written, %d removed; "
-            "%.1f MB from peers, %.1f MB from the master, %.1f MB copied locally",
+            "%.1f MB from peers, %.1f MB from the master, %.1f MB copied locally%s",
             target.version,
             report.seconds,
             report.files_written,
@@ -364,6 +366,7 @@ class PeerDaemon:
             report.fetch.bytes_from_peers / 1e6,
             report.fetch.bytes_from_master / 1e6,
             report.bytes_copied_locally / 1e6,
+            f"; {report.files_patched} patched in place" if report.files_patched else "",
         )
         self.bus.publish("sync.finished", **self.last_sync)
         self._new_holdings.clear()

@@ -27,6 +27,7 @@ from sift.core.chunker import FileChunks
 from sift.core.manifest import ChunkLocation, DirEntry, FileEntry, Manifest
 from sift.peer.assembly import Assembler, PartFile
 from sift.peer.fetch import ChunkSource, Fetcher, FetchStats
+from sift.peer.patch import changed_chunks
 from sift.peer.plan import SyncPlan, make_plan, reusable_runs
 from sift.scanner import Scanner
 from sift.state import ScanCache
@@ -71,6 +72,7 @@ class SyncReport:
     files_deleted: int = 0
     bytes_copied_locally: int = 0
     bytes_reused: int = 0  # copied in the kernel from the file each new one replaces
+    files_patched: int = 0  # of files_written, patched in place (update_in_place)
     fetch: FetchStats = field(default_factory=FetchStats)
     seconds: float = 0.0
 
@@ -101,16 +103,6 @@ class LocalChunks:
             await asyncio.wait_for(self._arrived.wait(), timeout)
 
 
-def _missing_bytes(part: PartFile) -> int:
-    """Bytes of ``part`` still to be written (a resumed part file has some already)."""
-    missing, offset = 0, 0
-    for chunk in part.entry.chunks:
-        if offset in part.missing:
-            missing += chunk.length
-        offset += chunk.length
-    return missing
-
-
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
@@ -136,12 +128,15 @@ class Syncer:
         on_progress: Callable[[list[bytes]], None] | None = None,
         *,
         on_start: Callable[[SyncProgress], None] | None = None,
+        update_in_place: bool = False,
     ):
         self.local_dir = Path(local_dir)
+        self.update_in_place = update_in_place
         self.cache = cache
         self.chunks = chunks
         self.source = source
         self.assembler = Assembler(self.local_dir)
+        self.assembler.recover_patches()  # a crash mid-patch is finished before anything reads
         self.on_progress = on_progress or (lambda added: None)
         self.on_start = on_start or (lambda progress: None)
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
@@ -161,6 +156,7 @@ class Syncer:
 
         report = SyncReport(version=target.version)
         self.assembler.forget_checked_dirs()
+        await asyncio.to_thread(self.assembler.recover_patches)  # before the scan looks
         local = await self.scan_local(target)
         self.chunks.reset(locations_of(local.values()))
         plan = make_plan(local, target)
@@ -169,13 +165,13 @@ class Syncer:
             self.chunks.reset(locations_of(target.entries.values()))
             report.seconds = time.monotonic() - started
             return report
-        parts = await asyncio.to_thread(self._open_parts, plan)
+        parts = await asyncio.to_thread(self._open_parts, plan, local)
         self.progress = SyncProgress(
             target.version,
             files_to_write=len(plan.write),
             files_to_delete=len(plan.delete),
             bytes_total=sum(p.entry.size for p in parts),
-            bytes_done=sum(p.entry.size - _missing_bytes(p) for p in parts),
+            bytes_done=sum(p.entry.size - p.missing_bytes() for p in parts),
         )
         self.on_start(self.progress)
         lap("open")
@@ -207,11 +203,26 @@ class Syncer:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _open_parts(self, plan: SyncPlan) -> list[PartFile]:
+    def _open_parts(self, plan: SyncPlan, local: dict) -> list[PartFile]:
         existing = self.assembler.existing_parts()
-        parts = [self.assembler.open_part(entry, existing) for entry in plan.write]
+        parts = []
+        for entry in plan.write:
+            part = self._open_patch(entry, local) if self.update_in_place else None
+            parts.append(part or self.assembler.open_part(entry, existing))
         self.assembler.remove_stale_parts(p.path for p in parts)
         return parts
+
+    def _open_patch(self, entry: FileEntry, local: dict) -> PartFile | None:
+        """A journal to patch the live file in place, when `update_in_place` is on, the file
+        keeps its size and most of its chunks, and the filesystem cannot reflink (where it can,
+        rebuilding the file is as cheap and stays atomic)."""
+        old = local.get(entry.path)
+        if not isinstance(old, FileEntry):
+            return None
+        changed = changed_chunks(old, entry)
+        if changed is None or self.assembler.can_reflink():
+            return None
+        return self.assembler.open_patch(entry, changed, old.mtime_ns)
 
     def _reuse_replaced(self, parts: list[PartFile], local: dict) -> int:
         """Copy what a changed file keeps from its previous version straight from that file,
@@ -258,14 +269,16 @@ class Syncer:
         self._written.clear()
         dests: dict[bytes, list[tuple[PartFile, int]]] = {}
         for part in parts:
+            if part.patch is not None:
+                for slot, digest in part.missing.items():
+                    dests.setdefault(digest, []).append((part, slot))
+                continue  # the unchanged chunks are where they were: in the live file
             rel = str(part.path.relative_to(self.local_dir))
-            offset = 0
-            for chunk in part.entry.chunks:
+            for offset, digest, length in part.slots():
                 if offset in part.missing:
-                    dests.setdefault(chunk.hash, []).append((part, offset))
+                    dests.setdefault(digest, []).append((part, offset))
                 else:  # already in the part file from an earlier, interrupted sync
-                    self.chunks.add(chunk.hash, ChunkLocation(rel, offset, chunk.length))
-                offset += chunk.length
+                    self.chunks.add(digest, ChunkLocation(rel, offset, length))
         return dests
 
     async def _copy_local(self, dests: dict[bytes, list[tuple[PartFile, int]]]) -> int:
@@ -331,6 +344,7 @@ class Syncer:
             for entry in plan.touch:
                 self._remember(entry, asm.touch(entry), plan.target)
         report.files_written = len(placed)
+        report.files_patched = sum(1 for p in parts if p.patch is not None)
         for link in plan.links:
             asm.place_symlink(link)
         # Directory modes last and deepest first: a read-only directory must not block its own
