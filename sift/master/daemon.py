@@ -422,7 +422,7 @@ class MasterDaemon:
                 self.rates.add(session.node_id, direction, delta)
             setattr(session, field, reported)
         held = self.distributor.held_count(session.node_id)
-        total = len(self.current.chunk_hashes())
+        total = len(self.current.chunk_locations())
         state = (msg.version, msg.version == self.current.version and held >= total)
         now = time.monotonic()
         # Throttled, but a new version or a peer becoming complete is always told: that last
@@ -499,7 +499,7 @@ class MasterDaemon:
     # -- status -----------------------------------------------------------------------------
 
     def _peer_infos(self) -> list[PeerInfo]:
-        total = len(self.current.chunk_hashes())
+        total = len(self.current.chunk_locations())
         infos = []
         for s in self.sessions.values():
             if s.role != "peer":
@@ -518,7 +518,7 @@ class MasterDaemon:
 
     def status(self, file_list: bool = True) -> dict:
         m = self.current
-        total = len(m.chunk_hashes())
+        total = len(m.chunk_locations())
         return {
             "role": "master",
             "node_id": self.node_id,
@@ -528,7 +528,7 @@ class MasterDaemon:
             "manifest_version": m.version,
             "files": m.file_count,
             "chunks": m.chunk_count,
-            "distinct_chunks": len(m.chunk_hashes()),
+            "distinct_chunks": len(m.chunk_locations()),
             "bytes": m.total_bytes,
             "bytes_sent": self.bytes_sent,
             "chunks_sent": self.chunks_sent,

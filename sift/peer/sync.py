@@ -285,9 +285,10 @@ class Syncer:
         local = [h for h in dests if h in self.chunks.locations]
         copied = 0
         for i in range(0, len(local), COPY_BATCH):
-            batch = local[i : i + COPY_BATCH]
+            locations = self.chunks.locations
+            where = {h: loc for h in local[i : i + COPY_BATCH] if (loc := locations.get(h))}
             found, _stale = await asyncio.to_thread(
-                self.chunks.reader.read_many, batch, dict(self.chunks.locations)
+                self.chunks.reader.read_many, list(where), where
             )
             await asyncio.to_thread(self._store, found, dests)
             copied += sum(len(d) for _, d in found)
