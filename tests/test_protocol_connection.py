@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from sift.protocol import HANDSHAKE_MAX_FRAME, AuthenticationError, ProtocolError
 from sift.protocol.connection import Connection, Role
-from sift.protocol.frames import FrameDecoder, encode_frame
+from sift.protocol.frames import FRAME_OVERHEAD, FrameDecoder, encode_frame
 from sift.protocol.handshake import client_proof, derive_auth_key, transcript_hash
 from sift.protocol.messages import (
     Auth,
@@ -406,3 +406,64 @@ def test_protocol_package_does_no_io_and_no_ui() -> None:
     )
     for word in ("pickle", "eval(", "exec("):
         assert word not in source
+
+
+# -- whole frames (the asyncio layer's readexactly path) --------------------------------------
+
+
+def _whole(data: bytes, to: Connection) -> list[Message]:
+    """Deliver frames one whole frame at a time: header, then exactly its payload."""
+    out = []
+    while data:
+        size = to.frame_payload_size(data[:FRAME_OVERHEAD])
+        msg = to.receive_frame(data[FRAME_OVERHEAD : FRAME_OVERHEAD + size])
+        data = data[FRAME_OVERHEAD + size :]
+        if msg is not None:
+            out.append(msg)
+    return out
+
+
+def test_whole_frames_give_the_same_messages_as_the_stream() -> None:
+    c, s = client(), server()
+    handshake(c, s)
+    reply = ChunkResponse(1, ((H, b"x" * 70_000),), (), (), ())
+    frames = s.send(reply) + s.send(ManifestPush(3))
+    assert _whole(frames, c) == [reply, ManifestPush(3)]
+    # ...and mixing with the stream path at a boundary is fine.
+    assert deliver(s.send(Ping(1)), c) == [Ping(1)]
+    assert _whole(s.send(Ping(2)), c) == [Ping(2)]
+
+
+def test_a_bad_whole_frame_header_poisons_and_tells_the_peer() -> None:
+    c, s = client(), server()
+    handshake(c, s)
+    with pytest.raises(ProtocolError, match="not a sift peer"):
+        s.frame_payload_size(b"\x00\x00\x00\x09HTTP\x01")
+    (error,) = frames_in(s.data_to_send())
+    assert isinstance(error, Error)
+    assert "bad frame magic" in error.message
+    with pytest.raises(ProtocolError, match="unusable after an earlier error"):
+        s.receive_frame(b"\x91\x07")
+
+
+def test_whole_frames_respect_the_frame_limit_and_message_rules() -> None:
+    c, s = client(max_frame_size=1000), server()
+    handshake(c, s)
+    with pytest.raises(ProtocolError, match="exceeds the 1000-byte limit"):
+        c.frame_payload_size(encode_frame(b"\x00" * 2000, max_frame_size=4000)[:FRAME_OVERHEAD])
+    c2, s2 = client(), server()
+    handshake(c2, s2)
+    with pytest.raises(ProtocolError, match="unknown message type 99"):
+        s2.receive_frame(b"\x91\x63")
+    assert s2.error is not None
+
+
+def test_whole_frames_only_when_open_and_at_a_boundary() -> None:
+    c, s = client(), server()
+    with pytest.raises(RuntimeError, match="open connection"):
+        s.frame_payload_size(encode_frame(b"\x91\x07")[:FRAME_OVERHEAD])
+    handshake(c, s)
+    s.receive_data(c.send(Ping(1))[:5])  # half a frame through the stream path
+    assert not s.at_frame_boundary
+    with pytest.raises(RuntimeError, match="frame boundary"):
+        s.frame_payload_size(c.send(Ping(2))[:FRAME_OVERHEAD])

@@ -24,6 +24,7 @@ from sift.net.tls import (
     looks_like_tls,
 )
 from sift.protocol import Connection, ProtocolError, Role
+from sift.protocol.frames import FRAME_OVERHEAD
 from sift.protocol.messages import (
     ChunkRequest,
     ChunkResponse,
@@ -148,6 +149,15 @@ class Channel:
                 await self._dispatch(msg, handler)
             while not self.closed:
                 try:
+                    if self.conn.at_frame_boundary:
+                        msg = await self._read_frame()
+                        if msg is not None:
+                            await self._dispatch(msg, handler)
+                            continue
+                        if self.conn.at_frame_boundary:  # a clean end between frames
+                            await self.close("connection closed by peer", send_goodbye=False)
+                            return
+                        continue  # a frame cut short: the stream path below reports it
                     data = await asyncio.wait_for(self.reader.read(READ_SIZE), IDLE_TIMEOUT)
                 except TimeoutError:
                     await self.close("idle timeout")
@@ -169,6 +179,27 @@ class Channel:
         finally:
             keepalive.cancel()
             await self.close("done", send_goodbye=False)
+
+    async def _read_frame(self) -> Message | None:
+        """Read one whole frame with readexactly: one copy of the payload (out of the stream's
+        buffer) instead of three. None at EOF; a frame cut short is handed to the stream path
+        (receive_data), which then reports exactly what was missing."""
+        try:
+            header = await asyncio.wait_for(self.reader.readexactly(FRAME_OVERHEAD), IDLE_TIMEOUT)
+        except asyncio.IncompleteReadError as exc:
+            self.conn.receive_data(exc.partial)
+            return None
+        size = self.conn.frame_payload_size(header)
+        try:
+            # A big frame may take a while on a slow link: allow for 1 MB/s on top.
+            payload = await asyncio.wait_for(
+                self.reader.readexactly(size), IDLE_TIMEOUT + size / 1e6
+            )
+        except asyncio.IncompleteReadError as exc:
+            self.conn.receive_data(header + exc.partial)
+            return None
+        self.bytes_in += FRAME_OVERHEAD + size
+        return self.conn.receive_frame(payload)
 
     async def _dispatch(self, msg: Message, handler: Handler) -> None:
         if isinstance(msg, RESPONSES) or (isinstance(msg, Error) and msg.req_id is not None):

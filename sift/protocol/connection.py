@@ -33,7 +33,7 @@ import enum
 import os
 
 from sift.protocol.errors import AuthenticationError, ProtocolError
-from sift.protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, encode_frame
+from sift.protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, check_header, encode_frame
 from sift.protocol.handshake import ClientHandshake, ServerHandshake, Urandom
 from sift.protocol.messages import (
     HANDSHAKE_MESSAGES,
@@ -271,6 +271,45 @@ class Connection:
             if self._error is None:
                 self._fail(exc)
             raise
+
+    # -- whole frames ------------------------------------------------------------------------
+    # Once open, a caller that can read exact byte counts (asyncio's readexactly) may hand over
+    # whole frames instead of a byte stream: the header first, then exactly the payload it
+    # announced. That spares the stream decoder's two copies of every payload. Use it only at a
+    # frame boundary (``at_frame_boundary``), and go back to receive_data() for the rest of a
+    # frame cut short by EOF, so truncation is reported in the usual words.
+
+    @property
+    def at_frame_boundary(self) -> bool:
+        """No partial frame is buffered from receive_data()."""
+        return self._decoder.at_frame_boundary
+
+    def frame_payload_size(self, header: bytes | bytearray) -> int:
+        """Validate one frame's header (FRAME_OVERHEAD bytes) and return its payload's size.
+        Only on an open connection at a frame boundary. Raises ProtocolError (the connection is
+        then dead and ``data_to_send()`` holds an Error frame for the peer)."""
+        self._check_whole_frames()
+        try:
+            return check_header(header, self._decoder.max_frame_size)
+        except ProtocolError as exc:
+            self._fail(exc)
+            raise
+
+    def receive_frame(self, payload: bytes | bytearray | memoryview) -> Message | None:
+        """The message in one whole frame's payload (its header went to frame_payload_size)."""
+        self._check_whole_frames()
+        try:
+            return self._handle(decode_payload(payload), payload)
+        except ProtocolError as exc:
+            if self._error is None:
+                self._fail(exc)
+            raise
+
+    def _check_whole_frames(self) -> None:
+        if self._error is not None:
+            raise ProtocolError(f"connection unusable after an earlier error: {self._error}")
+        if self._state is not _State.OPEN or not self._decoder.at_frame_boundary:
+            raise RuntimeError("whole frames only on an open connection at a frame boundary")
 
     # -- internals ---------------------------------------------------------------------------
 

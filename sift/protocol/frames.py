@@ -54,6 +54,37 @@ def _ascii_hint(raw: bytes) -> str:
     return ""
 
 
+def check_length(n: int, max_frame_size: int, raw: bytes) -> None:
+    """Refuse a frame length field ``n`` (``raw``: its 4 bytes, for a hint) out of bounds."""
+    if n > max_frame_size:
+        raise ProtocolError(
+            f"frame of {n} bytes exceeds the {max_frame_size}-byte limit{_ascii_hint(raw)}"
+        )
+    if n < PREFIX_SIZE:
+        raise ProtocolError(
+            f"frame length {n} is too short: a frame holds at least the {PREFIX_SIZE}-byte "
+            "magic and version"
+        )
+
+
+def check_prefix(magic: bytes, version: int) -> None:
+    if magic != MAGIC:
+        raise ProtocolError(f"bad frame magic {magic!r} (expected {MAGIC!r}): not a sift peer?")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unknown protocol version {version} (this sift speaks {PROTOCOL_VERSION})"
+        )
+
+
+def check_header(header: bytes | bytearray, max_frame_size: int) -> int:
+    """Validate a whole FRAME_OVERHEAD-byte frame header; returns the payload's size. Raises
+    ``ProtocolError`` naming what is wrong (the same words as :class:`FrameDecoder`)."""
+    n, magic, version = _HEADER.unpack_from(header, 0)
+    check_length(n, max_frame_size, bytes(header[:LENGTH_SIZE]))
+    check_prefix(magic, version)
+    return n - PREFIX_SIZE
+
+
 class FrameDecoder:
     """Incremental frame parser: ``feed()`` bytes in any split, pull payloads with
     ``next_payload()``.
@@ -156,16 +187,10 @@ class FrameDecoder:
         if len(buf) < LENGTH_SIZE:
             return False
         (n,) = _LENGTH.unpack_from(buf, 0)
-        if n > self.max_frame_size:
-            raw = bytes(buf[:LENGTH_SIZE])
-            self._fail(
-                f"frame of {n} bytes exceeds the {self.max_frame_size}-byte limit{_ascii_hint(raw)}"
-            )
-        if n < PREFIX_SIZE:
-            self._fail(
-                f"frame length {n} is too short: a frame holds at least the {PREFIX_SIZE}-byte "
-                "magic and version"
-            )
+        try:
+            check_length(n, self.max_frame_size, bytes(buf[:LENGTH_SIZE]))
+        except ProtocolError as exc:
+            self._fail(str(exc))
         if len(buf) < FRAME_OVERHEAD:
             # Check what we have of the magic early, so garbage fails fast.
             have = bytes(buf[LENGTH_SIZE:])
@@ -173,9 +198,9 @@ class FrameDecoder:
                 self._fail(f"bad frame magic {have!r} (expected {MAGIC!r}): not a sift peer?")
             return False
         _, magic, version = _HEADER.unpack_from(buf, 0)
-        if magic != MAGIC:
-            self._fail(f"bad frame magic {magic!r} (expected {MAGIC!r}): not a sift peer?")
-        if version != PROTOCOL_VERSION:
-            self._fail(f"unknown protocol version {version} (this sift speaks {PROTOCOL_VERSION})")
+        try:
+            check_prefix(magic, version)
+        except ProtocolError as exc:
+            self._fail(str(exc))
         self._need = LENGTH_SIZE + n
         return True
