@@ -23,6 +23,7 @@ from sift.config import Address, ConfigError, load_master_config, load_peer_conf
 from sift.control.client import ControlClosed, ControlError, control_call
 from sift.control.server import SocketInUse
 from sift.demo import run_demo
+from sift.malloc_tuning import tune_malloc
 from sift.master.daemon import MasterDaemon
 from sift.net.tls import TLSError, client_context
 from sift.peer.daemon import NotOurDirectory, PeerDaemon
@@ -80,6 +81,7 @@ def _run_daemon(
         daemon = make(config)
     except (ConfigError, StateError, NotOurDirectory) as exc:
         return _fail(str(exc), EXIT_USAGE)
+    tune_malloc()
     try:
         run_until_signalled(daemon.run)
     except SocketInUse as exc:
