@@ -306,7 +306,7 @@ def test_apply_delta_refuses() -> None:
 
 
 def test_encode_refuses_invalid_manifest() -> None:
-    bad = FileEntry("f", 2, 0o644, 0, (Chunk(H[0], 1),), chunk_list_digest([Chunk(H[0], 1)]))
+    bad = FileEntry.build("f", 2, 0o644, 0, [Chunk(H[0], 1)])
     with pytest.raises(ManifestError, match="sum to 1 but size is 2"):
         encode_manifest(Manifest.build(1, SMALL, [bad]))
     with pytest.raises(ManifestError, match="unsafe path"):

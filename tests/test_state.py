@@ -164,7 +164,11 @@ def test_scan_cache_round_trip(master_db: sqlite3.Connection) -> None:
     fc = file_chunks(b"x" * 1000, b"y" * 70000, b"z")
     cache.put("a.h5", fc)
     got = cache.get("a.h5")
-    assert got == CachedFile(fc.size, fc.mtime_ns, fc.inode, fc.mode, fc.params, fc.chunks)
+    entry = FileEntry.build("a.h5", fc.size, fc.mode, fc.mtime_ns, fc.chunks)
+    assert got == CachedFile(
+        fc.size, fc.mtime_ns, fc.inode, fc.mode, fc.params, entry.hashes, entry.lengths
+    )
+    assert got.chunks == fc.chunks
     assert all(type(c) is Chunk and len(c.hash) == HASH_SIZE for c in got.chunks)
     assert cache.paths() == {"a.h5"}
     assert len(cache) == 1

@@ -16,22 +16,30 @@ so one manifest always encodes to the same bytes::
 ``hashes`` is one bin blob of the concatenated 32-byte chunk hashes, so a chunk ref costs about
 36 bytes. Decoding trusts nothing: every type, bound, path and digest is checked and any problem
 refuses the whole document with :class:`ManifestError`.
+
+In memory a file's chunk list is packed the same way (one ``bytes`` of hashes, one of u32
+lengths: 36 bytes a chunk instead of ~180 as a tuple of ``Chunk`` objects), and the
+hash -> location index the master serves from is a few flat arrays (see ``chunk_index``).
+Memory then grows by tens of bytes per chunk, which keeps the master flat as the dataset grows.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Container, Iterable, Iterator, Mapping
+import sys
+from array import array
+from collections.abc import Container, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 from blake3 import blake3
 
 from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
+from sift.core.chunk_index import ChunkIndex, ChunkLocation  # noqa: F401 (callers import it here)
 from sift.core.paths import (
     MAX_PATH_BYTES,
     UnsafePathError,
@@ -56,6 +64,15 @@ class ManifestError(ValueError):
     """A manifest or delta that is malformed, unsafe or inconsistent."""
 
 
+# Packed lengths are native-endian u32: array("I") and memoryview.cast("I") read them in C.
+LENGTH_CODE = "I"
+if array(LENGTH_CODE).itemsize != 4:  # pragma: no cover - every CPython platform has 4
+    raise ImportError("sift needs a 4-byte array('I')")
+_SMALL_DIGEST = 16  # up to this many chunks, update() per chunk beats interleaving in C
+_DIGEST_BLOCK = 1 << 13  # chunks interleaved per step (320 KB): a huge file costs no more
+_MODES: dict[int, int] = {}  # one int object per distinct mode, shared by every entry
+
+
 def chunk_list_digest(chunks: Iterable[Chunk]) -> bytes:
     """BLAKE3 over a chunk list: domain string, then per chunk its hash and its length as
     8 bytes big-endian. Two files with equal digests have identical contents."""
@@ -66,27 +83,117 @@ def chunk_list_digest(chunks: Iterable[Chunk]) -> bytes:
     return h.digest()
 
 
+def packed_digest(hashes: bytes, lengths: bytes) -> bytes:
+    """:func:`chunk_list_digest` of a packed chunk list (see :class:`FileEntry`). Large lists
+    are interleaved into hash + length records by strided slice copies, all in C."""
+    lens = memoryview(lengths).cast(LENGTH_CODE)
+    n = len(lens)
+    h = blake3(_CHUNKLIST_DOMAIN)
+    if n <= _SMALL_DIGEST:
+        for i, length in enumerate(lens):
+            h.update(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE])
+            h.update(length.to_bytes(8, "big"))
+        return h.digest()
+    be = array(LENGTH_CODE, lengths)
+    if sys.byteorder == "little":
+        be.byteswap()
+    be_bytes = be.tobytes()
+    del be
+    record = HASH_SIZE + 8  # hash, then the length as a u64 whose high 4 bytes are zero
+    for start in range(0, n, _DIGEST_BLOCK):
+        stop = min(n, start + _DIGEST_BLOCK)
+        buf = bytearray(record * (stop - start))
+        block = hashes[start * HASH_SIZE : stop * HASH_SIZE]
+        for j in range(HASH_SIZE):
+            buf[j::record] = block[j::HASH_SIZE]
+        block = be_bytes[start * 4 : stop * 4]
+        for j in range(4):
+            buf[HASH_SIZE + 4 + j :: record] = block[j::4]
+        h.update(buf)
+    return h.digest()
+
+
+def _shared_mode(mode: int) -> int:
+    return _MODES.setdefault(mode, mode) if len(_MODES) < 4096 else mode
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file: its size, permission bits, mtime and chunk list (offsets follow from
-    order). ``digest`` is :func:`chunk_list_digest` of ``chunks``; use :meth:`build`."""
+    order). The chunk list is packed: ``hashes`` is the chunks' 32-byte hashes concatenated,
+    ``lengths`` their lengths as native-endian u32 (``array("I").tobytes()``). ``digest`` is
+    :func:`chunk_list_digest` of the list. Make entries with :meth:`build` or
+    :meth:`from_packed`; :attr:`chunks` gives the list as ``Chunk`` tuples."""
 
     path: str
     size: int
     mode: int
     mtime_ns: int
-    chunks: tuple[Chunk, ...]
+    hashes: bytes
+    lengths: bytes
     digest: bytes
 
     @classmethod
     def build(
-        cls, path: str, size: int, mode: int, mtime_ns: int, chunks: Iterable[Chunk]
+        cls, path: str, size: int, mode: int, mtime_ns: int, chunks: Iterable[tuple[bytes, int]]
     ) -> FileEntry:
-        """Make an entry, keeping only permission bits of ``mode`` and computing the digest."""
-        chunk_tuple = tuple(Chunk(c[0], c[1]) for c in chunks)
-        return cls(
-            path, size, mode & MODE_MASK, mtime_ns, chunk_tuple, chunk_list_digest(chunk_tuple)
+        """Make an entry from ``(hash, length)`` pairs, keeping only permission bits of
+        ``mode`` and computing the digest."""
+        hashes: list[bytes] = []
+        lengths = array(LENGTH_CODE)
+        try:
+            for digest, length in chunks:
+                if len(digest) != HASH_SIZE:
+                    raise ManifestError(
+                        f"{path!r}: chunk {len(hashes)} is not a {HASH_SIZE}-byte hash"
+                    )
+                hashes.append(digest)
+                lengths.append(length)
+        except (OverflowError, TypeError) as exc:
+            raise ManifestError(f"{path!r}: chunk {len(hashes)} length: {exc}") from None
+        return cls.from_packed(
+            path, size, mode, mtime_ns, hashes=b"".join(hashes), lengths=lengths.tobytes()
         )
+
+    @classmethod
+    def from_packed(
+        cls, path: str, size: int, mode: int, mtime_ns: int, *, hashes: bytes, lengths: bytes
+    ) -> FileEntry:
+        """Make an entry from an already packed chunk list, computing the digest."""
+        return cls(
+            path,
+            size,
+            _shared_mode(mode & MODE_MASK),
+            mtime_ns,
+            hashes,
+            lengths,
+            packed_digest(hashes, lengths),
+        )
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.lengths) >> 2
+
+    def chunk_lengths(self) -> memoryview:
+        """The chunk lengths as a read-only sequence of ints (no copy)."""
+        return memoryview(self.lengths).cast(LENGTH_CODE)
+
+    def chunk_hash(self, i: int) -> bytes:
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(i)
+        return self.hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """The chunks in file order, one ``Chunk`` at a time."""
+        hashes = self.hashes
+        for i, length in enumerate(self.chunk_lengths()):
+            yield Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], length)
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        """The chunk list as ``Chunk`` tuples, built anew on each access (the entry keeps only
+        the packed form): loops over many entries should use :meth:`iter_chunks`."""
+        return tuple(self.iter_chunks())
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +213,6 @@ class SymlinkEntry:
 
 
 Entry = FileEntry | DirEntry | SymlinkEntry
-
-
-class ChunkLocation(NamedTuple):
-    """Where a chunk's bytes can be read: ``length`` bytes at ``offset`` in file ``path``."""
-
-    path: str
-    offset: int
-    length: int
 
 
 def _sorted_entries(entries: Iterable[Entry]) -> MappingProxyType[str, Entry]:
@@ -165,28 +264,26 @@ class Manifest:
     @cached_property
     def chunk_count(self) -> int:
         """Total chunk references (a chunk used twice counts twice)."""
-        return sum(len(f.chunks) for f in self.files())
+        return sum(len(f.lengths) for f in self.files()) >> 2
 
-    def chunk_hashes(self) -> set[bytes]:
-        """The distinct chunk hashes this manifest refers to."""
-        return {c.hash for f in self.files() for c in f.chunks}
+    def chunk_hashes(self) -> Set[bytes]:
+        """The distinct chunk hashes this manifest refers to: a read-only set-like view of
+        :meth:`chunk_locations`, the same object on every call."""
+        return self._chunk_hashes
 
-    def chunk_locations(self) -> Mapping[bytes, ChunkLocation]:
+    def chunk_locations(self) -> ChunkIndex:
         """Each distinct chunk hash -> its first occurrence (path order, then offset). The master
         serves a chunk by reading there; a peer copies chunks it already has locally from there.
-        Computed once per manifest."""
-        return self._chunk_locations
+        Computed once per manifest, as a compact :class:`ChunkIndex`, not a dict."""
+        return self._chunk_index
 
     @cached_property
-    def _chunk_locations(self) -> Mapping[bytes, ChunkLocation]:
-        locations: dict[bytes, ChunkLocation] = {}
-        for f in self.files():
-            offset = 0
-            for chunk in f.chunks:
-                if chunk.hash not in locations:
-                    locations[chunk.hash] = ChunkLocation(f.path, offset, chunk.length)
-                offset += chunk.length
-        return MappingProxyType(locations)
+    def _chunk_index(self) -> ChunkIndex:
+        return ChunkIndex(self.files())
+
+    @cached_property
+    def _chunk_hashes(self) -> Set[bytes]:
+        return self._chunk_index.keys()
 
 
 @dataclass(frozen=True)
@@ -232,8 +329,9 @@ def needed_chunks(
     for entry in files:
         if not isinstance(entry, FileEntry):
             continue
-        for chunk in entry.chunks:
-            h = chunk.hash
+        hashes = entry.hashes
+        for i in range(0, len(hashes), HASH_SIZE):
+            h = hashes[i : i + HASH_SIZE]
             if h not in seen:
                 seen.add(h)
                 if h not in have:
@@ -346,25 +444,33 @@ def _check_entry(entry: Entry, params: ChunkParams, what: str = "manifest entry"
         raise ManifestError(f"{where}: size must be an integer in [0, 2**50], got {entry.size!r}")
     if type(entry.mtime_ns) is not int:
         raise ManifestError(f"{where}: mtime_ns must be an integer, got {entry.mtime_ns!r}")
-    if type(entry.chunks) is not tuple:
-        raise ManifestError(f"{where}: chunks must be a tuple")
-    total = 0
-    for i, chunk in enumerate(entry.chunks):
-        if (
-            type(chunk) is not Chunk
-            or type(chunk.hash) is not bytes
-            or len(chunk.hash) != HASH_SIZE
-        ):
-            raise ManifestError(f"{where}: chunk {i} is not a {HASH_SIZE}-byte hash and a length")
-        if type(chunk.length) is not int or not 1 <= chunk.length <= params.max_size:
-            raise ManifestError(
-                f"{where}: chunk {i} length must be in [1, {params.max_size}], got {chunk.length!r}"
-            )
-        total += chunk.length
+    if type(entry.hashes) is not bytes or type(entry.lengths) is not bytes:
+        raise ManifestError(f"{where}: chunk hashes and lengths must be packed bytes")
+    count, rest = divmod(len(entry.lengths), 4)
+    if rest or len(entry.hashes) != HASH_SIZE * count:
+        raise ManifestError(
+            f"{where}: {len(entry.hashes)} bytes of chunk hashes for "
+            f"{len(entry.lengths)} bytes of chunk lengths"
+        )
+    lengths = entry.chunk_lengths()
+    if count and (min(lengths) < 1 or max(lengths) > params.max_size):
+        _check_lengths(lengths, params, where)
+    total = sum(lengths)
     if total != entry.size:
         raise ManifestError(f"{where}: chunk lengths sum to {total} but size is {entry.size}")
-    if type(entry.digest) is not bytes or entry.digest != chunk_list_digest(entry.chunks):
+    if type(entry.digest) is not bytes or entry.digest != packed_digest(
+        entry.hashes, entry.lengths
+    ):
         raise ManifestError(f"{where}: digest does not match the chunk list")
+
+
+def _check_lengths(lengths: Iterable[Any], params: ChunkParams, where: str) -> None:
+    """Raise ManifestError naming the first length that is not an int in [1, max_size]."""
+    for i, length in enumerate(lengths):
+        if type(length) is not int or not 1 <= length <= params.max_size:
+            raise ManifestError(
+                f"{where}: chunk {i} length must be in [1, {params.max_size}], got {length!r}"
+            )
 
 
 def _check_version(value: Any, name: str) -> int:
@@ -395,8 +501,8 @@ def _encode_entry(entry: Entry) -> list[Any]:
             entry.size,
             entry.mode,
             entry.mtime_ns,
-            b"".join(c.hash for c in entry.chunks),
-            [c.length for c in entry.chunks],
+            entry.hashes,
+            entry.chunk_lengths().tolist(),
             entry.digest,
         ]
     if isinstance(entry, DirEntry):
@@ -411,18 +517,45 @@ def _pack(obj: Any) -> bytes:
         raise ManifestError(f"cannot encode: {exc}") from None
 
 
+ENCODE_PART = 1 << 20  # bytes per part of an encoded manifest (a large file's entry may be more)
+
+
 def encode_manifest(manifest: Manifest) -> bytes:
     """The canonical msgpack encoding of a manifest (validated first; ManifestError if invalid)."""
+    return b"".join(encode_manifest_parts(manifest))
+
+
+def encode_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> list[bytes]:
+    """:func:`encode_manifest`'s bytes, cut into parts of about ``part_size`` bytes.
+
+    For a caller that stores the encoding piece by piece (the master writes it into SQLite
+    this way): a large manifest then never exists as parts and one joined copy at once, nor
+    does it pass through one wire-shaped list of every entry."""
     validate_manifest(manifest)
-    return _pack(
-        [
-            MANIFEST_TAG,
-            FORMAT_VERSION,
-            manifest.version,
-            list(manifest.params.as_tuple()),
-            [_encode_entry(e) for e in manifest.entries.values()],
+    packer = msgpack.Packer(use_bin_type=True)  # autoreset: each pack() returns its bytes
+    parts: list[bytes] = []
+    try:
+        pieces = [
+            packer.pack_array_header(5),
+            packer.pack(MANIFEST_TAG),
+            packer.pack(FORMAT_VERSION),
+            packer.pack(manifest.version),
+            packer.pack(list(manifest.params.as_tuple())),
+            packer.pack_array_header(len(manifest.entries)),
         ]
-    )
+        size = 0
+        for entry in manifest.entries.values():
+            piece = packer.pack(_encode_entry(entry))
+            pieces.append(piece)
+            size += len(piece)
+            if size >= part_size:
+                parts.append(b"".join(pieces))
+                pieces, size = [], 0
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ManifestError(f"cannot encode: {exc}") from None
+    if pieces:
+        parts.append(b"".join(pieces))
+    return parts
 
 
 def encode_delta(delta: ManifestDelta) -> bytes:
@@ -537,11 +670,15 @@ def _decode_entry(raw: Any, params: ChunkParams, what: str) -> Entry:
             )
         if type(digest) is not bytes:
             raise ManifestError(f"{where}: digest must be bytes")
-        chunks = tuple(
-            Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], length)
-            for i, length in enumerate(lengths)
+        if not all(type(n) is int for n in lengths) or (
+            lengths and (min(lengths) < 1 or max(lengths) > params.max_size)
+        ):
+            _check_lengths(lengths, params, where)
+        if type(mode) is int:
+            mode = _shared_mode(mode)
+        entry = FileEntry(
+            path, size, mode, mtime_ns, hashes, array(LENGTH_CODE, lengths).tobytes(), digest
         )
-        entry = FileEntry(path, size, mode, mtime_ns, chunks, digest)
     _check_entry(entry, params, what)
     return entry
 

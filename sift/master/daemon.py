@@ -31,6 +31,7 @@ from sift.core.manifest import (
     diff,
     encode_delta,
     encode_manifest,
+    encode_manifest_parts,
     make_delta,
 )
 from sift.core.paths import RESERVED_DIR
@@ -202,10 +203,11 @@ class MasterDaemon:
             return
         version = max(self.store.highest_version(), self.current.version) + 1
         manifest = Manifest.build(version, self.config.params, entries.values())
-        encoded = encode_manifest(manifest)
-        self.store.save(manifest, encoded=encoded)
+        # Encoded in parts straight into the store, and read back in one piece on the first
+        # request: a large manifest never sits in memory twice (see docs/performance.md (f)).
+        self.store.save(manifest, encoded=encode_manifest_parts(manifest))
         previous, self.current = self.current, manifest
-        self._encoded = {version: encoded}
+        self._encoded = {}
         self._deltas.clear()
         # New files may sit at old paths: the reader must reopen them.
         self.read_pool.submit(self.reader.close)
@@ -458,7 +460,8 @@ class MasterDaemon:
         # delta (a delta must move forward; encoding one failed, and the peer retried forever).
         data = self._encoded.get(current.version)
         if data is None:
-            data = self._encoded[current.version] = encode_manifest(current)
+            data = self.store.load_encoded(current.version) or encode_manifest(current)
+            self._encoded[current.version] = data
         return ManifestResponse(msg.req_id, current.version, None, data)
 
     async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse | None:
@@ -542,7 +545,7 @@ class MasterDaemon:
             **(
                 {
                     "file_list": [
-                        {"path": f.path, "size": f.size, "chunks": len(f.chunks)} for f in m.files()
+                        {"path": f.path, "size": f.size, "chunks": f.chunk_count} for f in m.files()
                     ]
                 }
                 if file_list

@@ -167,7 +167,7 @@ class Assembler:
                 else:
                     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
                     fd = os.open(part.path, flags, 0o600)
-                    if len(part.entry.chunks) > 1:
+                    if part.entry.chunk_count > 1:
                         os.ftruncate(fd, part.entry.size)  # one extent map, no growth per write
                     part.fd = fd
                     part.created = True
