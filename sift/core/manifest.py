@@ -147,10 +147,10 @@ class FileEntry:
                     raise ManifestError(
                         f"{path!r}: chunk {len(hashes)} is not a {HASH_SIZE}-byte hash"
                     )
-                hashes.append(digest)
                 lengths.append(length)
+                hashes.append(digest)
         except (OverflowError, TypeError) as exc:
-            raise ManifestError(f"{path!r}: chunk {len(hashes)} length: {exc}") from None
+            raise ManifestError(f"{path!r}: chunk {len(lengths)} length: {exc}") from None
         return cls.from_packed(
             path, size, mode, mtime_ns, hashes=b"".join(hashes), lengths=lengths.tobytes()
         )
@@ -236,11 +236,17 @@ class Manifest:
     entries: Mapping[str, Entry]
 
     def __post_init__(self) -> None:
+        previous: str | None = None
+        in_order = type(self.entries) is MappingProxyType
         for path, entry in self.entries.items():
             if path != entry.path:
                 raise ManifestError(f"manifest key {path!r} does not match entry {entry.path!r}")
-        # Normalize whatever mapping we were given: sorted, read-only.
-        object.__setattr__(self, "entries", _sorted_entries(self.entries.values()))
+            in_order = in_order and (previous is None or previous < path)
+            previous = path
+        # Normalize whatever mapping we were given: sorted, read-only. A read-only mapping that
+        # is sorted already (what build() makes) is kept: a copy per manifest is ~40 bytes a file.
+        if not in_order:
+            object.__setattr__(self, "entries", _sorted_entries(self.entries.values()))
 
     @classmethod
     def build(cls, version: int, params: ChunkParams, entries: Iterable[Entry]) -> Manifest:

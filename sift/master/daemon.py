@@ -199,15 +199,16 @@ class MasterDaemon:
             log.info("files changing while read, retrying soon: %s", ", ".join(result.unstable[:5]))
             asyncio.get_running_loop().call_later(UNSTABLE_RETRY, self._rescan.set)
         entries = {e.path: e for e in result.entries}
-        if entries == dict(self.current.entries) and self.current.version > 0:
+        if entries == self.current.entries and self.current.version > 0:
             return
         version = max(self.store.highest_version(), self.current.version) + 1
         manifest = Manifest.build(version, self.config.params, entries.values())
-        # Encoded in parts straight into the store, and read back in one piece on the first
-        # request: a large manifest never sits in memory twice (see docs/performance.md (f)).
+        del result, entries  # the manifest holds the entries now
+        # Encoded in parts straight into the store and read back in one piece: a large
+        # manifest never sits in memory twice (see docs/performance.md (f)).
         self.store.save(manifest, encoded=encode_manifest_parts(manifest))
         previous, self.current = self.current, manifest
-        self._encoded = {}
+        self._encoded = {version: self.store.load_encoded(version) or encode_manifest(manifest)}
         self._deltas.clear()
         # New files may sit at old paths: the reader must reopen them.
         self.read_pool.submit(self.reader.close)
@@ -460,8 +461,7 @@ class MasterDaemon:
         # delta (a delta must move forward; encoding one failed, and the peer retried forever).
         data = self._encoded.get(current.version)
         if data is None:
-            data = self.store.load_encoded(current.version) or encode_manifest(current)
-            self._encoded[current.version] = data
+            data = self._encoded[current.version] = encode_manifest(current)
         return ManifestResponse(msg.req_id, current.version, None, data)
 
     async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse | None:
