@@ -31,7 +31,6 @@ from sift.core.chunk import HASH_SIZE
 __all__ = ["ChunkIndex", "ChunkLocation"]
 
 _PREFIX = struct.Struct("=Q")  # the same byte order array("Q") reads prefixes with
-_U32 = struct.Struct("=I")  # a packed chunk length (see FileEntry.lengths)
 _BUCKET = 4096  # keys sorted at once as Python ints while building
 _U64 = (1 << 64) - 1
 
@@ -52,7 +51,11 @@ class PackedFile(Protocol):
     @property
     def hashes(self) -> bytes: ...
     @property
-    def lengths(self) -> bytes: ...
+    def chunk_count(self) -> int: ...
+    def chunk_lengths(self) -> memoryview: ...
+    def chunk_length(self, i: int) -> int: ...
+    def chunk_hash(self, i: int) -> bytes: ...
+    def has_chunk(self, i: int, digest: bytes) -> bool: ...
 
 
 def _prefixes(hashes: bytes) -> array:
@@ -73,16 +76,16 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
     __slots__ = ("_files", "_head", "_keys", "_mask", "_offsets", "_starts")
 
     def __init__(self, files: Iterable[PackedFile]) -> None:
-        self._files = [f for f in files if f.lengths]
+        self._files = [f for f in files if f.chunk_count]
         self._starts = array("Q")
         self._offsets = array("Q")
         total = 0
         for f in self._files:
             self._starts.append(total)
-            total += len(f.lengths) >> 2
+            total += f.chunk_count
             # Each chunk's offset: the running sum of the lengths before it, in C.
             self._offsets.append(0)
-            self._offsets.extend(accumulate(memoryview(f.lengths).cast("I")[:-1]))
+            self._offsets.extend(accumulate(f.chunk_lengths()[:-1]))
         # Low bits of a key hold the position; the rest is the hash prefix.
         self._mask = (1 << max(total.bit_length(), 1)) - 1
         self._head = ~self._mask & _U64
@@ -133,11 +136,11 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
 
     def _hash_at_pos(self, pos: int) -> bytes:
         f, chunk = self._file_at(pos)
-        return f.hashes[chunk * HASH_SIZE : (chunk + 1) * HASH_SIZE]
+        return f.chunk_hash(chunk)
 
     def _location_at_pos(self, pos: int) -> ChunkLocation:
         f, chunk = self._file_at(pos)
-        return ChunkLocation(f.path, self._offsets[pos], _U32.unpack_from(f.lengths, 4 * chunk)[0])
+        return ChunkLocation(f.path, self._offsets[pos], f.chunk_length(chunk))
 
     def _find(self, digest: object) -> int:
         """The position of ``digest``'s first occurrence, or -1."""
@@ -150,7 +153,7 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
         while i < len(keys) and keys[i] & keep == head:
             pos = keys[i] & mask
             f, chunk = self._file_at(pos)
-            if f.hashes.startswith(digest, chunk * HASH_SIZE):
+            if f.has_chunk(chunk, digest):
                 return pos
             i += 1
         return -1

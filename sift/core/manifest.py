@@ -26,6 +26,7 @@ Memory then grows by tens of bytes per chunk, which keeps the master flat as the
 from __future__ import annotations
 
 import bisect
+import struct
 import sys
 from array import array
 from collections.abc import Container, Iterable, Iterator, Mapping, Set
@@ -70,7 +71,13 @@ if array(LENGTH_CODE).itemsize != 4:  # pragma: no cover - every CPython platfor
     raise ImportError("sift needs a 4-byte array('I')")
 _SMALL_DIGEST = 16  # up to this many chunks, update() per chunk beats interleaving in C
 _DIGEST_BLOCK = 1 << 13  # chunks interleaved per step (320 KB): a huge file costs no more
-_MODES: dict[int, int] = {}  # one int object per distinct mode, shared by every entry
+# A FileEntry is its path plus one bytes object: this head, the digest, the hashes, the lengths.
+_HEAD = struct.Struct("=QqH")  # size, mtime_ns, mode
+_LENGTH = struct.Struct("=" + LENGTH_CODE)
+_DIGEST_AT = _HEAD.size
+_HASHES_AT = _DIGEST_AT + HASH_SIZE
+_CHUNK_BYTES = HASH_SIZE + 4
+MTIME_RANGE = (-(2**63), 2**63 - 1)  # what the packed entry (and a timespec in ns) can hold
 
 
 def chunk_list_digest(chunks: Iterable[Chunk]) -> bytes:
@@ -113,25 +120,45 @@ def packed_digest(hashes: bytes, lengths: bytes) -> bytes:
     return h.digest()
 
 
-def _shared_mode(mode: int) -> int:
-    return _MODES.setdefault(mode, mode) if len(_MODES) < 4096 else mode
-
-
-@dataclass(frozen=True, slots=True)
 class FileEntry:
     """A regular file: its size, permission bits, mtime and chunk list (offsets follow from
-    order). The chunk list is packed: ``hashes`` is the chunks' 32-byte hashes concatenated,
-    ``lengths`` their lengths as native-endian u32 (``array("I").tobytes()``). ``digest`` is
-    :func:`chunk_list_digest` of the list. Make entries with :meth:`build` or
-    :meth:`from_packed`; :attr:`chunks` gives the list as ``Chunk`` tuples."""
+    order), and ``digest``, :func:`chunk_list_digest` of the list. Immutable, compared by value.
 
+    Stored compactly, as the path plus one ``bytes`` holding everything else (~250 bytes for a
+    one-chunk file instead of ~450 as separate objects); the fields are properties. The chunk
+    list is packed: ``hashes`` is the chunks' 32-byte hashes concatenated, ``lengths`` their
+    lengths as native-endian u32 (``array("I").tobytes()``); :attr:`chunks` gives it as
+    ``Chunk`` tuples. Make entries with :meth:`build` or :meth:`from_packed`; the constructor
+    takes every field of the wire entry and does not check the digest (decoding does)."""
+
+    __slots__ = ("_packed", "path")
     path: str
-    size: int
-    mode: int
-    mtime_ns: int
-    hashes: bytes
-    lengths: bytes
-    digest: bytes
+    _packed: bytes
+
+    def __init__(  # noqa: PLR0917 (the wire entry's fields, in its order)
+        self,
+        path: str,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        hashes: bytes,
+        lengths: bytes,
+        digest: bytes,
+    ) -> None:
+        try:
+            head = _HEAD.pack(size, mtime_ns, mode)
+        except struct.error as exc:
+            raise ManifestError(f"{path!r}: size, mtime_ns or mode out of range ({exc})") from None
+        count, rest = divmod(len(lengths), 4)
+        if rest or len(hashes) != HASH_SIZE * count:
+            raise ManifestError(
+                f"{path!r}: {len(hashes)} bytes of chunk hashes for {len(lengths)} bytes of "
+                "chunk lengths"
+            )
+        if len(digest) != HASH_SIZE:
+            raise ManifestError(f"{path!r}: digest does not match the chunk list")
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "_packed", b"".join((head, digest, hashes, lengths)))
 
     @classmethod
     def build(
@@ -160,40 +187,102 @@ class FileEntry:
         cls, path: str, size: int, mode: int, mtime_ns: int, *, hashes: bytes, lengths: bytes
     ) -> FileEntry:
         """Make an entry from an already packed chunk list, computing the digest."""
+        if len(lengths) % 4:
+            raise ManifestError(f"{path!r}: {len(lengths)} bytes of chunk lengths")
         return cls(
-            path,
-            size,
-            _shared_mode(mode & MODE_MASK),
-            mtime_ns,
-            hashes,
-            lengths,
-            packed_digest(hashes, lengths),
+            path, size, mode & MODE_MASK, mtime_ns, hashes, lengths, packed_digest(hashes, lengths)
         )
+
+    # -- fields -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return _HEAD.unpack_from(self._packed)[0]
+
+    @property
+    def mtime_ns(self) -> int:
+        return _HEAD.unpack_from(self._packed)[1]
+
+    @property
+    def mode(self) -> int:
+        return _HEAD.unpack_from(self._packed)[2]
+
+    @property
+    def digest(self) -> bytes:
+        return self._packed[_DIGEST_AT:_HASHES_AT]
 
     @property
     def chunk_count(self) -> int:
-        return len(self.lengths) >> 2
+        return (len(self._packed) - _HASHES_AT) // _CHUNK_BYTES
+
+    @property
+    def hashes(self) -> bytes:
+        """The chunk hashes, concatenated (a copy: loops should use :meth:`chunk_hash`)."""
+        return self._packed[_HASHES_AT : _HASHES_AT + HASH_SIZE * self.chunk_count]
+
+    @property
+    def lengths(self) -> bytes:
+        """The chunk lengths as native-endian u32 (a copy; see :meth:`chunk_lengths`)."""
+        return self._packed[_HASHES_AT + HASH_SIZE * self.chunk_count :]
 
     def chunk_lengths(self) -> memoryview:
         """The chunk lengths as a read-only sequence of ints (no copy)."""
-        return memoryview(self.lengths).cast(LENGTH_CODE)
+        start = _HASHES_AT + HASH_SIZE * self.chunk_count
+        return memoryview(self._packed)[start:].cast(LENGTH_CODE)
+
+    def chunk_length(self, i: int) -> int:
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(i)
+        return _LENGTH.unpack_from(self._packed, len(self._packed) - 4 * (self.chunk_count - i))[0]
 
     def chunk_hash(self, i: int) -> bytes:
         if not 0 <= i < self.chunk_count:
             raise IndexError(i)
-        return self.hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]
+        start = _HASHES_AT + i * HASH_SIZE
+        return self._packed[start : start + HASH_SIZE]
+
+    def has_chunk(self, i: int, digest: bytes) -> bool:
+        """Whether chunk ``i`` has hash ``digest``, compared in place (no copy)."""
+        return (
+            0 <= i < self.chunk_count
+            and len(digest) == HASH_SIZE
+            and self._packed.startswith(digest, _HASHES_AT + i * HASH_SIZE)
+        )
 
     def iter_chunks(self) -> Iterator[Chunk]:
         """The chunks in file order, one ``Chunk`` at a time."""
-        hashes = self.hashes
+        packed = self._packed
         for i, length in enumerate(self.chunk_lengths()):
-            yield Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], length)
+            start = _HASHES_AT + i * HASH_SIZE
+            yield Chunk(packed[start : start + HASH_SIZE], length)
 
     @property
     def chunks(self) -> tuple[Chunk, ...]:
         """The chunk list as ``Chunk`` tuples, built anew on each access (the entry keeps only
         the packed form): loops over many entries should use :meth:`iter_chunks`."""
         return tuple(self.iter_chunks())
+
+    # -- value semantics ---------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not FileEntry:
+            return NotImplemented
+        return self.path == other.path and self._packed == other._packed
+
+    def __hash__(self) -> int:
+        return hash((self.path, self._packed))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"FileEntry is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"FileEntry is immutable (cannot delete {name!r})")
+
+    def __repr__(self) -> str:
+        return (
+            f"FileEntry(path={self.path!r}, size={self.size}, mode={self.mode:#o}, "
+            f"mtime_ns={self.mtime_ns}, chunks={self.chunk_count}, digest={self.digest.hex()})"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,32 +531,31 @@ def _check_entry(entry: Entry, params: ChunkParams, what: str = "manifest entry"
         if not symlink_target_is_inside(entry.path, entry.target):
             raise ManifestError(f"{where}: symlink target {entry.target!r} leaves the tree")
         return
-    if type(entry.mode) is not int or not 0 <= entry.mode <= MODE_MASK:
-        raise ManifestError(f"{where}: mode must be an integer in [0, 0o7777], got {entry.mode!r}")
     if isinstance(entry, DirEntry):
+        _check_mode(entry.mode, where)
         return
-    if type(entry.size) is not int or not 0 <= entry.size <= MAX_FILE_SIZE:
-        raise ManifestError(f"{where}: size must be an integer in [0, 2**50], got {entry.size!r}")
-    if type(entry.mtime_ns) is not int:
-        raise ManifestError(f"{where}: mtime_ns must be an integer, got {entry.mtime_ns!r}")
-    if type(entry.hashes) is not bytes or type(entry.lengths) is not bytes:
-        raise ManifestError(f"{where}: chunk hashes and lengths must be packed bytes")
-    count, rest = divmod(len(entry.lengths), 4)
-    if rest or len(entry.hashes) != HASH_SIZE * count:
-        raise ManifestError(
-            f"{where}: {len(entry.hashes)} bytes of chunk hashes for "
-            f"{len(entry.lengths)} bytes of chunk lengths"
-        )
+    _check_file_fields(entry.size, entry.mode, entry.mtime_ns, where)
     lengths = entry.chunk_lengths()
-    if count and (min(lengths) < 1 or max(lengths) > params.max_size):
+    if lengths and (min(lengths) < 1 or max(lengths) > params.max_size):
         _check_lengths(lengths, params, where)
     total = sum(lengths)
     if total != entry.size:
         raise ManifestError(f"{where}: chunk lengths sum to {total} but size is {entry.size}")
-    if type(entry.digest) is not bytes or entry.digest != packed_digest(
-        entry.hashes, entry.lengths
-    ):
+    if entry.digest != packed_digest(entry.hashes, entry.lengths):
         raise ManifestError(f"{where}: digest does not match the chunk list")
+
+
+def _check_mode(mode: Any, where: str) -> None:
+    if type(mode) is not int or not 0 <= mode <= MODE_MASK:
+        raise ManifestError(f"{where}: mode must be an integer in [0, 0o7777], got {mode!r}")
+
+
+def _check_file_fields(size: Any, mode: Any, mtime_ns: Any, where: str) -> None:
+    _check_mode(mode, where)
+    if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+        raise ManifestError(f"{where}: size must be an integer in [0, 2**50], got {size!r}")
+    if type(mtime_ns) is not int or not MTIME_RANGE[0] <= mtime_ns <= MTIME_RANGE[1]:
+        raise ManifestError(f"{where}: mtime_ns must be a 64-bit integer, got {mtime_ns!r}")
 
 
 def _check_lengths(lengths: Iterable[Any], params: ChunkParams, where: str) -> None:
@@ -676,12 +764,13 @@ def _decode_entry(raw: Any, params: ChunkParams, what: str) -> Entry:
             )
         if type(digest) is not bytes:
             raise ManifestError(f"{where}: digest must be bytes")
+        if len(digest) != HASH_SIZE:
+            raise ManifestError(f"{where}: digest does not match the chunk list")
         if not all(type(n) is int for n in lengths) or (
             lengths and (min(lengths) < 1 or max(lengths) > params.max_size)
         ):
             _check_lengths(lengths, params, where)
-        if type(mode) is int:
-            mode = _shared_mode(mode)
+        _check_file_fields(size, mode, mtime_ns, where)  # before packing, which needs them
         entry = FileEntry(
             path, size, mode, mtime_ns, hashes, array(LENGTH_CODE, lengths).tobytes(), digest
         )
