@@ -19,7 +19,7 @@ from sift.core.manifest import (
     chunk_list_digest,
     decode_manifest,
     encode_manifest,
-    encode_manifest_parts,
+    iter_manifest_parts,
     packed_digest,
 )
 
@@ -162,7 +162,7 @@ def test_encoding_in_parts_is_the_same_document() -> None:
         for i in range(300)
     ]
     m = Manifest.build(4, DEFAULT_PARAMS, files)
-    parts = encode_manifest_parts(m, part_size=4096)
+    parts = list(iter_manifest_parts(m, part_size=4096))
     assert len(parts) > 1
     data = b"".join(parts)
     assert data == encode_manifest(m)

@@ -611,23 +611,21 @@ def _pack(obj: Any) -> bytes:
         raise ManifestError(f"cannot encode: {exc}") from None
 
 
-ENCODE_PART = 1 << 20  # bytes per part of an encoded manifest (a large file's entry may be more)
+ENCODE_PART = 1 << 16  # bytes per part of an encoded manifest (a large file's entry may be more)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:
     """The canonical msgpack encoding of a manifest (validated first; ManifestError if invalid)."""
-    return b"".join(encode_manifest_parts(manifest))
-
-
-def encode_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> list[bytes]:
-    """:func:`encode_manifest`'s bytes, cut into parts of about ``part_size`` bytes.
-
-    For a caller that stores the encoding piece by piece (the master writes it into SQLite
-    this way): a large manifest then never exists as parts and one joined copy at once, nor
-    does it pass through one wire-shaped list of every entry."""
     validate_manifest(manifest)
+    return b"".join(iter_manifest_parts(manifest, 1 << 20))
+
+
+def iter_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> Iterator[bytes]:
+    """:func:`encode_manifest`'s bytes in parts of about ``part_size`` bytes, produced as they
+    are consumed, for a caller that writes them out (the master streams them into SQLite): the
+    whole encoding is then never in memory. Does not validate: call :func:`validate_manifest`
+    first. Same manifest, same parts."""
     packer = msgpack.Packer(use_bin_type=True)  # autoreset: each pack() returns its bytes
-    parts: list[bytes] = []
     try:
         pieces = [
             packer.pack_array_header(5),
@@ -643,13 +641,12 @@ def encode_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> l
             pieces.append(piece)
             size += len(piece)
             if size >= part_size:
-                parts.append(b"".join(pieces))
+                yield b"".join(pieces)
                 pieces, size = [], 0
     except (ValueError, TypeError, OverflowError) as exc:
         raise ManifestError(f"cannot encode: {exc}") from None
     if pieces:
-        parts.append(b"".join(pieces))
-    return parts
+        yield b"".join(pieces)
 
 
 def encode_delta(delta: ManifestDelta) -> bytes:

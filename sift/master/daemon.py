@@ -31,7 +31,6 @@ from sift.core.manifest import (
     diff,
     encode_delta,
     encode_manifest,
-    encode_manifest_parts,
     make_delta,
 )
 from sift.core.paths import RESERVED_DIR
@@ -204,9 +203,9 @@ class MasterDaemon:
         version = max(self.store.highest_version(), self.current.version) + 1
         manifest = Manifest.build(version, self.config.params, entries.values())
         del result, entries  # the manifest holds the entries now
-        # Encoded in parts straight into the store and read back in one piece: a large
-        # manifest never sits in memory twice (see docs/performance.md (f)).
-        self.store.save(manifest, encoded=encode_manifest_parts(manifest))
+        # Encoded straight into the store in small parts and read back in one piece: a large
+        # manifest is never in memory twice (see docs/performance.md (f)).
+        self.store.save(manifest)
         previous, self.current = self.current, manifest
         self._encoded = {version: self.store.load_encoded(version) or encode_manifest(manifest)}
         self._deltas.clear()

@@ -8,9 +8,15 @@ version number is never reused, even after every stored manifest was deleted.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable
 
-from sift.core.manifest import Manifest, ManifestError, decode_manifest, encode_manifest_parts
+from sift.core.manifest import (
+    Manifest,
+    ManifestError,
+    decode_manifest,
+    iter_manifest_parts,
+    validate_manifest,
+)
 
 from .db import StateError, get_meta, set_meta, transaction
 
@@ -33,23 +39,24 @@ class ManifestStore:
         self._conn = conn
         self.keep = keep
 
-    def save(self, manifest: Manifest, *, encoded: bytes | Sequence[bytes] | None = None) -> None:
+    def save(self, manifest: Manifest, *, encoded: bytes | None = None) -> None:
         """Store ``manifest`` as the newest version and prune to the newest ``keep``.
 
-        ``encoded`` may pass the bytes of ``encode_manifest(manifest)`` (or its parts, from
-        ``encode_manifest_parts``) when the caller already has them, saving a second encoding
-        of a large manifest. Raises :class:`ManifestVersionError` unless the version is above
-        the highest ever saved.
+        ``encoded`` may pass the bytes of ``encode_manifest(manifest)`` when the caller already
+        has them. Raises :class:`ManifestVersionError` unless the version is above the highest
+        ever saved, and ManifestError if the manifest is invalid.
 
-        The bytes are written through an incremental blob handle: binding one large value
-        would make SQLite copy it whole, twice, for a master with little else in memory.
+        Without ``encoded`` the manifest is encoded twice in small parts, once to learn the
+        size and once into an incremental blob handle: the encoding is never whole in memory
+        (nor copied by SQLite, as binding one large value would do).
         """
+        parts: Iterable[bytes]
         if encoded is None:
-            parts: Sequence[bytes] = encode_manifest_parts(manifest)
-        elif isinstance(encoded, bytes | bytearray | memoryview):
-            parts = (encoded,)
+            validate_manifest(manifest)
+            size = sum(len(part) for part in iter_manifest_parts(manifest))
+            parts = iter_manifest_parts(manifest)
         else:
-            parts = encoded
+            size, parts = len(encoded), (encoded,)
         with transaction(self._conn):
             high = self.highest_version()
             if manifest.version <= high:
@@ -59,11 +66,13 @@ class ManifestStore:
                 )
             self._conn.execute(
                 "INSERT INTO manifests (version, data) VALUES (?, zeroblob(?))",
-                (manifest.version, sum(len(p) for p in parts)),
+                (manifest.version, size),
             )
             with self._conn.blobopen("manifests", "data", manifest.version) as blob:
                 for part in parts:
                     blob.write(part)
+                if blob.tell() != size:
+                    raise StateError(f"manifest {manifest.version} encoded to a different size")
             set_meta(self._conn, _HIGH_WATER, manifest.version)
             self._conn.execute(
                 "DELETE FROM manifests WHERE version <= ?", (manifest.version - self.keep,)
