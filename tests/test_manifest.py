@@ -20,6 +20,7 @@ from sift.core.manifest import (
     KIND_SYMLINK,
     MANIFEST_TAG,
     MAX_FILE_SIZE,
+    MTIME_RANGE,
     ChunkLocation,
     DirEntry,
     FileEntry,
@@ -110,7 +111,8 @@ def manifest_pairs(draw: st.DrawFn) -> tuple[Manifest, Manifest]:
         touched = []
         for e in old.entries.values():
             if isinstance(e, FileEntry) and draw(st.booleans()):
-                touched.append(FileEntry.build(e.path, e.size, e.mode, e.mtime_ns + 1, e.chunks))
+                mtime = e.mtime_ns + 1 if e.mtime_ns < MTIME_RANGE[1] else e.mtime_ns - 1
+                touched.append(FileEntry.build(e.path, e.size, e.mode, mtime, e.chunks))
             else:
                 touched.append(e)
         new = Manifest.build(old.version + draw(st.integers(1, 5)), old.params, touched)

@@ -145,6 +145,7 @@ class FileEntry:
         lengths: bytes,
         digest: bytes,
     ) -> None:
+        object.__setattr__(self, "path", path)
         try:
             head = _HEAD.pack(size, mtime_ns, mode)
         except struct.error as exc:
@@ -157,7 +158,6 @@ class FileEntry:
             )
         if len(digest) != HASH_SIZE:
             raise ManifestError(f"{path!r}: digest does not match the chunk list")
-        object.__setattr__(self, "path", path)
         object.__setattr__(self, "_packed", b"".join((head, digest, hashes, lengths)))
 
     @classmethod
