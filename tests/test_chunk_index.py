@@ -3,6 +3,7 @@ answers as the tuples and dict they replace."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import msgpack
@@ -130,6 +131,12 @@ def test_packed_entry_views() -> None:
         e.chunk_hash(5)
     assert e.hashes == b"".join(c.hash for c in chunks)
     assert e == FileEntry.from_packed("f", e.size, 0o644, 1, hashes=e.hashes, lengths=e.lengths)
+    assert copy.deepcopy(e) == e
+    assert hash(copy.copy(e)) == hash(e)
+    with pytest.raises(AttributeError):
+        e.size = 5  # type: ignore[misc]
+    assert e != FileEntry.build("f", e.size, 0o644, 2, chunks)  # another mtime
+    assert "size=510" in repr(e)
 
 
 @pytest.mark.parametrize(

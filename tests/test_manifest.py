@@ -492,6 +492,7 @@ BAD_ENTRIES: list[tuple[str, bytes, str]] = [
     entry_case("mtime bool", [raw_file(mtime=False)], "mtime_ns"),
     entry_case("mtime str", [raw_file(mtime="0")], "mtime_ns"),
     entry_case("mtime nil", [raw_file(mtime=None)], "mtime_ns"),
+    entry_case("mtime beyond 64 bits", [raw_file(mtime=2**63)], "mtime_ns"),
 ]
 
 

@@ -278,11 +278,22 @@ class FileEntry:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"FileEntry is immutable (cannot delete {name!r})")
 
+    def __reduce__(self) -> tuple[Any, tuple[str, bytes]]:
+        # copy and pickle: __setattr__ refuses the default way of restoring slots.
+        return (_file_entry, (self.path, self._packed))
+
     def __repr__(self) -> str:
         return (
             f"FileEntry(path={self.path!r}, size={self.size}, mode={self.mode:#o}, "
             f"mtime_ns={self.mtime_ns}, chunks={self.chunk_count}, digest={self.digest.hex()})"
         )
+
+
+def _file_entry(path: str, packed: bytes) -> FileEntry:
+    entry = object.__new__(FileEntry)
+    object.__setattr__(entry, "path", path)
+    object.__setattr__(entry, "_packed", packed)
+    return entry
 
 
 @dataclass(frozen=True, slots=True)
