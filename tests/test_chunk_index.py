@@ -168,6 +168,12 @@ def test_encoding_in_parts_is_the_same_document() -> None:
         entry(f"d/f{i:03d}", [(rng.randbytes(HASH_SIZE), rng.randint(16_384, 262_144))] * 3)
         for i in range(300)
     ]
+    # Large entries are encoded piece by piece: lengths below and above 2**16, a hash blob
+    # past bin 16, a tail of fewer than 16 lengths after a full piece.
+    for name, n in (("big1", 1025), ("big2", 2048 + 7), ("big3", 5000)):
+        files.append(
+            entry(name, [(rng.randbytes(HASH_SIZE), rng.randint(1, 262_144)) for _ in range(n)])
+        )
     m = Manifest.build(4, DEFAULT_PARAMS, files)
     parts = list(iter_manifest_parts(m, part_size=4096))
     assert len(parts) > 1
@@ -190,7 +196,7 @@ def test_encoding_in_parts_is_the_same_document() -> None:
                 [c.length for c in f.chunks],
                 f.digest,
             ]
-            for f in files
+            for f in m.files()
         ],
     ]
     assert data == msgpack.packb(wire, use_bin_type=True)

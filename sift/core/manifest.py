@@ -634,30 +634,74 @@ def encode_manifest(manifest: Manifest) -> bytes:
 def iter_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> Iterator[bytes]:
     """:func:`encode_manifest`'s bytes in parts of about ``part_size`` bytes, produced as they
     are consumed, for a caller that writes them out (the master streams them into SQLite): the
-    whole encoding is then never in memory. Does not validate: call :func:`validate_manifest`
-    first. Same manifest, same parts."""
-    packer = msgpack.Packer(use_bin_type=True)  # autoreset: each pack() returns its bytes
+    whole encoding is then never in memory, nor a wire-shaped copy of a large file's entry.
+    Does not validate: call :func:`validate_manifest` first. Same manifest, same parts."""
+    pending: list[bytes] = []
+    size = 0
     try:
-        pieces = [
-            packer.pack_array_header(5),
-            packer.pack(MANIFEST_TAG),
-            packer.pack(FORMAT_VERSION),
-            packer.pack(manifest.version),
-            packer.pack(list(manifest.params.as_tuple())),
-            packer.pack_array_header(len(manifest.entries)),
-        ]
-        size = 0
-        for entry in manifest.entries.values():
-            piece = packer.pack(_encode_entry(entry))
-            pieces.append(piece)
+        for piece in _manifest_pieces(manifest):
+            pending.append(piece)
             size += len(piece)
             if size >= part_size:
-                yield b"".join(pieces)
-                pieces, size = [], 0
+                yield b"".join(pending)
+                pending, size = [], 0
     except (ValueError, TypeError, OverflowError) as exc:
         raise ManifestError(f"cannot encode: {exc}") from None
-    if pieces:
-        yield b"".join(pieces)
+    if pending:
+        yield b"".join(pending)
+
+
+_LARGE_ENTRY = 1024  # chunks from which a file's entry is encoded piece by piece
+_PIECE_CHUNKS = 2048  # hashes (64 KiB) or lengths per piece of a large entry
+
+
+def _manifest_pieces(manifest: Manifest) -> Iterator[bytes]:
+    packer = msgpack.Packer(use_bin_type=True)  # autoreset: each pack() returns its bytes
+    yield packer.pack_array_header(5)
+    yield packer.pack(MANIFEST_TAG)
+    yield packer.pack(FORMAT_VERSION)
+    yield packer.pack(manifest.version)
+    yield packer.pack(list(manifest.params.as_tuple()))
+    yield packer.pack_array_header(len(manifest.entries))
+    for entry in manifest.entries.values():
+        if isinstance(entry, FileEntry) and entry.chunk_count > _LARGE_ENTRY:
+            yield from _large_file_pieces(packer, entry)
+        else:
+            yield packer.pack(_encode_entry(entry))
+
+
+def _large_file_pieces(packer: msgpack.Packer, entry: FileEntry) -> Iterator[bytes]:
+    """The bytes ``packer.pack(_encode_entry(entry))`` would give, in pieces of a few KiB."""
+    n = entry.chunk_count
+    yield packer.pack_array_header(8)
+    for value in (KIND_FILE, entry.path, entry.size, entry.mode, entry.mtime_ns):
+        yield packer.pack(value)
+    yield _bin_header(HASH_SIZE * n)
+    step = HASH_SIZE * _PIECE_CHUNKS
+    with memoryview(entry._packed) as packed:
+        for start in range(_HASHES_AT, _HASHES_AT + HASH_SIZE * n, step):
+            yield bytes(packed[start : min(start + step, _HASHES_AT + HASH_SIZE * n)])
+    yield packer.pack_array_header(n)
+    lengths = entry.chunk_lengths()
+    for start in range(0, n, _PIECE_CHUNKS):
+        values = lengths[start : start + _PIECE_CHUNKS].tolist()
+        # An array of these ints, less its header: the ints as they sit in the big array.
+        yield packer.pack(values)[_array_header_size(len(values)) :]
+    yield packer.pack(entry.digest)
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header for a bin of ``n`` bytes (bin 8, 16 or 32, as the packer picks)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _array_header_size(n: int) -> int:
+    """Bytes of msgpack's header for an array of ``n`` items (fixarray, array 16, array 32)."""
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
 def encode_delta(delta: ManifestDelta) -> bytes:
