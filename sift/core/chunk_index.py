@@ -142,10 +142,10 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
         f, chunk = self._file_at(pos)
         return ChunkLocation(f.path, self._offsets[pos], f.chunk_length(chunk))
 
-    def _find(self, digest: object) -> int:
-        """The position of ``digest``'s first occurrence, or -1."""
+    def _find(self, digest: object) -> tuple[int, PackedFile, int] | None:
+        """Where ``digest`` first occurs: (position, file, chunk number in it), or None."""
         if type(digest) is not bytes or len(digest) != HASH_SIZE:
-            return -1
+            return None
         mask, keep = self._mask, self._head
         head = _PREFIX.unpack_from(digest)[0] & keep
         keys = self._keys
@@ -154,9 +154,9 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
             pos = keys[i] & mask
             f, chunk = self._file_at(pos)
             if f.has_chunk(chunk, digest):
-                return pos
+                return pos, f, chunk
             i += 1
-        return -1
+        return None
 
     # -- Mapping ------------------------------------------------------------------------------
 
@@ -164,17 +164,21 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
         return len(self._keys)
 
     def __contains__(self, digest: object) -> bool:
-        return self._find(digest) >= 0
+        return self._find(digest) is not None
 
     def __getitem__(self, digest: bytes) -> ChunkLocation:
-        pos = self._find(digest)
-        if pos < 0:
+        found = self._find(digest)
+        if found is None:
             raise KeyError(digest)
-        return self._location_at_pos(pos)
+        pos, f, chunk = found
+        return ChunkLocation(f.path, self._offsets[pos], f.chunk_length(chunk))
 
     def get(self, digest: bytes, default: ChunkLocation | None = None) -> ChunkLocation | None:
-        pos = self._find(digest)
-        return default if pos < 0 else self._location_at_pos(pos)
+        found = self._find(digest)
+        if found is None:
+            return default
+        pos, f, chunk = found
+        return ChunkLocation(f.path, self._offsets[pos], f.chunk_length(chunk))
 
     def __iter__(self) -> Iterator[bytes]:
         for _pos, digest in self._first_occurrences():
@@ -189,15 +193,16 @@ class ChunkIndex(Mapping[bytes, ChunkLocation]):
 
     def _first_occurrences(self) -> Iterator[tuple[int, bytes]]:
         """(position, hash) of each distinct hash, in manifest order, as a dict built by
-        walking the files would iterate: a position is a hash's first occurrence when the
-        index finds it there."""
+        walking the files would iterate: the positions the keys hold are the first ones."""
+        first = bytearray(len(self._offsets))
+        mask = self._mask
+        for key in self._keys:
+            first[key & mask] = 1
         pos = 0
         for f in self._files:
-            hashes = f.hashes
-            for i in range(0, len(hashes), HASH_SIZE):
-                digest = hashes[i : i + HASH_SIZE]
-                if self._find(digest) == pos:
-                    yield pos, digest
+            for chunk in range(f.chunk_count):
+                if first[pos]:
+                    yield pos, f.chunk_hash(chunk)
                 pos += 1
 
 

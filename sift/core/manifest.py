@@ -17,10 +17,12 @@ so one manifest always encodes to the same bytes::
 36 bytes. Decoding trusts nothing: every type, bound, path and digest is checked and any problem
 refuses the whole document with :class:`ManifestError`.
 
-In memory a file's chunk list is packed the same way (one ``bytes`` of hashes, one of u32
-lengths: 36 bytes a chunk instead of ~180 as a tuple of ``Chunk`` objects), and the
-hash -> location index the master serves from is a few flat arrays (see ``chunk_index``).
-Memory then grows by tens of bytes per chunk, which keeps the master flat as the dataset grows.
+In memory the master holds the manifest of the whole dataset, so it is packed too: a
+:class:`FileEntry` is its path plus one ``bytes`` (size, mtime, mode, digest, the hashes
+concatenated, the lengths as u32: 36 bytes a chunk instead of ~180 as ``Chunk`` tuples), and
+the hash -> location index the master serves from is a few flat arrays (``chunk_index``).
+A large manifest is encoded in parts (:func:`iter_manifest_parts`), never as one wire-shaped
+list.
 """
 
 from __future__ import annotations

@@ -67,6 +67,12 @@ RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
 
 
+def _bytes_not_in(manifest: Manifest, previous: Manifest) -> int:
+    """Bytes of the distinct chunks of ``manifest`` that ``previous`` does not have."""
+    old = previous.chunk_hashes()
+    return sum(loc.length for h, loc in manifest.chunk_locations().items() if h not in old)
+
+
 def _load_versions(db) -> list[dict]:
     """The recent version summaries a previous run stored (newest first)."""
     try:
@@ -203,6 +209,8 @@ class MasterDaemon:
         version = max(self.store.highest_version(), self.current.version) + 1
         manifest = Manifest.build(version, self.config.params, entries.values())
         del result, entries  # the manifest holds the entries now
+        # Building the chunk index and summing the new chunks walk every chunk: off the loop.
+        new_bytes = await asyncio.to_thread(_bytes_not_in, manifest, self.current)
         # Encoded straight into the store in small parts and read back in one piece: a large
         # manifest is never in memory twice (see docs/performance.md (f)).
         self.store.save(manifest)
@@ -219,10 +227,10 @@ class MasterDaemon:
             manifest.chunk_count,
             manifest.total_bytes / 1e6,
         )
-        self._announce(previous, manifest)
+        self._announce(previous, manifest, new_bytes)
         await self._push(ManifestPush(version))
 
-    def _announce(self, previous: Manifest, manifest: Manifest) -> None:
+    def _announce(self, previous: Manifest, manifest: Manifest, new_bytes: int) -> None:
         """Publish the manifest.published event and remember the version's summary."""
         changes = diff(previous if previous.version > 0 else None, manifest)
 
@@ -234,10 +242,6 @@ class MasterDaemon:
         added = not_dirs(changes.added, manifest.entries)
         changed = not_dirs(changes.changed, manifest.entries)
         removed = not_dirs(changes.removed, previous.entries)
-        old_hashes = previous.chunk_hashes()
-        new_bytes = sum(
-            loc.length for h, loc in manifest.chunk_locations().items() if h not in old_hashes
-        )
         summary = {
             "version": manifest.version,
             "published_at": time.time(),
