@@ -123,12 +123,20 @@ class Scanner:
                 and prev.size == cached.size
                 and prev.mtime_ns == cached.mtime_ns
                 and prev.mode == mode
-                and prev.chunks == cached.chunks
+                and prev.hashes == cached.hashes
+                and prev.lengths == cached.lengths
             ):
                 # The very same entry: share it, so a rescan does not hold a second copy of
                 # every unchanged file's chunk list while the old manifest is still in use.
                 return prev
-            return FileEntry.build(rel, cached.size, mode, cached.mtime_ns, cached.chunks)
+            return FileEntry.from_packed(
+                rel,
+                cached.size,
+                mode,
+                cached.mtime_ns,
+                hashes=cached.hashes,
+                lengths=cached.lengths,
+            )
         try:
             chunks = chunk_file(os.path.join(self.root, rel), self.params)
         except UnstableFileError:

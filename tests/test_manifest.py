@@ -20,6 +20,7 @@ from sift.core.manifest import (
     KIND_SYMLINK,
     MANIFEST_TAG,
     MAX_FILE_SIZE,
+    MTIME_RANGE,
     ChunkLocation,
     DirEntry,
     FileEntry,
@@ -110,7 +111,8 @@ def manifest_pairs(draw: st.DrawFn) -> tuple[Manifest, Manifest]:
         touched = []
         for e in old.entries.values():
             if isinstance(e, FileEntry) and draw(st.booleans()):
-                touched.append(FileEntry.build(e.path, e.size, e.mode, e.mtime_ns + 1, e.chunks))
+                mtime = e.mtime_ns + 1 if e.mtime_ns < MTIME_RANGE[1] else e.mtime_ns - 1
+                touched.append(FileEntry.build(e.path, e.size, e.mode, mtime, e.chunks))
             else:
                 touched.append(e)
         new = Manifest.build(old.version + draw(st.integers(1, 5)), old.params, touched)
@@ -306,7 +308,7 @@ def test_apply_delta_refuses() -> None:
 
 
 def test_encode_refuses_invalid_manifest() -> None:
-    bad = FileEntry("f", 2, 0o644, 0, (Chunk(H[0], 1),), chunk_list_digest([Chunk(H[0], 1)]))
+    bad = FileEntry.build("f", 2, 0o644, 0, [Chunk(H[0], 1)])
     with pytest.raises(ManifestError, match="sum to 1 but size is 2"):
         encode_manifest(Manifest.build(1, SMALL, [bad]))
     with pytest.raises(ManifestError, match="unsafe path"):
@@ -490,6 +492,7 @@ BAD_ENTRIES: list[tuple[str, bytes, str]] = [
     entry_case("mtime bool", [raw_file(mtime=False)], "mtime_ns"),
     entry_case("mtime str", [raw_file(mtime="0")], "mtime_ns"),
     entry_case("mtime nil", [raw_file(mtime=None)], "mtime_ns"),
+    entry_case("mtime beyond 64 bits", [raw_file(mtime=2**63)], "mtime_ns"),
 ]
 
 

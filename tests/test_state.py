@@ -12,7 +12,7 @@ import pytest
 
 from sift.core.chunk import DEFAULT_PARAMS, HASH_SIZE, Chunk, ChunkParams, hash_chunk
 from sift.core.chunker import FileChunks
-from sift.core.manifest import DirEntry, FileEntry, Manifest
+from sift.core.manifest import DirEntry, FileEntry, Manifest, ManifestError, encode_manifest
 from sift.state import (
     DB_NAME,
     SCHEMA_VERSION,
@@ -164,7 +164,11 @@ def test_scan_cache_round_trip(master_db: sqlite3.Connection) -> None:
     fc = file_chunks(b"x" * 1000, b"y" * 70000, b"z")
     cache.put("a.h5", fc)
     got = cache.get("a.h5")
-    assert got == CachedFile(fc.size, fc.mtime_ns, fc.inode, fc.mode, fc.params, fc.chunks)
+    entry = FileEntry.build("a.h5", fc.size, fc.mode, fc.mtime_ns, fc.chunks)
+    assert got == CachedFile(
+        fc.size, fc.mtime_ns, fc.inode, fc.mode, fc.params, entry.hashes, entry.lengths
+    )
+    assert got.chunks == fc.chunks
     assert all(type(c) is Chunk and len(c.hash) == HASH_SIZE for c in got.chunks)
     assert cache.paths() == {"a.h5"}
     assert len(cache) == 1
@@ -280,6 +284,36 @@ def test_manifest_store_round_trip(master_db: sqlite3.Connection) -> None:
     assert store.load_encoded(2) is not None
     assert store.versions() == [1, 2]
     assert store.highest_version() == 2
+
+
+def test_manifest_store_streams_a_large_manifest(master_db: sqlite3.Connection) -> None:
+    # Several 64 KiB parts' worth: written through the blob handle part by part.
+    store = ManifestStore(master_db)
+    big = manifest(3, *(f"file{i:05d}" for i in range(3000)))
+    data = encode_manifest(big)
+    assert len(data) > 4 * 65536
+    store.save(big)
+    assert store.load_encoded(3) == data
+    assert store.load(3) == big
+    store.save(manifest(4, "x"), encoded=encode_manifest(manifest(4, "x")))
+    assert store.load(4) == manifest(4, "x")
+
+
+def test_manifest_store_refuses_an_invalid_manifest(master_db: sqlite3.Connection) -> None:
+    store = ManifestStore(master_db)
+    bad = Manifest.build(1, DEFAULT_PARAMS, [FileEntry.build("f", 2, 0o644, 0, chunks_of(b"x"))])
+    with pytest.raises(ManifestError, match="sum to 1 but size is 2"):
+        store.save(bad)
+    assert store.versions() == []
+    assert store.highest_version() == 0
+
+
+def test_manifest_store_non_blob_data_is_damage(master_db: sqlite3.Connection) -> None:
+    store = ManifestStore(master_db)
+    store.save(manifest(1, "a"))
+    master_db.execute("UPDATE manifests SET data = 5")
+    with pytest.raises(StateError, match="stored manifest 1 is damaged"):
+        store.load_encoded(1)
 
 
 def test_manifest_versions_only_go_up(master_db: sqlite3.Connection) -> None:

@@ -16,22 +16,33 @@ so one manifest always encodes to the same bytes::
 ``hashes`` is one bin blob of the concatenated 32-byte chunk hashes, so a chunk ref costs about
 36 bytes. Decoding trusts nothing: every type, bound, path and digest is checked and any problem
 refuses the whole document with :class:`ManifestError`.
+
+In memory the master holds the manifest of the whole dataset, so it is packed too: a
+:class:`FileEntry` is its path plus one ``bytes`` (size, mtime, mode, digest, the hashes
+concatenated, the lengths as u32: 36 bytes a chunk instead of ~180 as ``Chunk`` tuples), and
+the hash -> location index the master serves from is a few flat arrays (``chunk_index``).
+A large manifest is encoded in parts (:func:`iter_manifest_parts`), never as one wire-shaped
+list.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Container, Iterable, Iterator, Mapping
+import struct
+import sys
+from array import array
+from collections.abc import Container, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgpack
 from blake3 import blake3
 
 from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
+from sift.core.chunk_index import ChunkIndex, ChunkLocation  # noqa: F401 (callers import it here)
 from sift.core.paths import (
     MAX_PATH_BYTES,
     UnsafePathError,
@@ -56,6 +67,21 @@ class ManifestError(ValueError):
     """A manifest or delta that is malformed, unsafe or inconsistent."""
 
 
+# Packed lengths are native-endian u32: array("I") and memoryview.cast("I") read them in C.
+LENGTH_CODE = "I"
+if array(LENGTH_CODE).itemsize != 4:  # pragma: no cover - every CPython platform has 4
+    raise ImportError("sift needs a 4-byte array('I')")
+_SMALL_DIGEST = 16  # up to this many chunks, update() per chunk beats interleaving in C
+_DIGEST_BLOCK = 1 << 13  # chunks interleaved per step (320 KB): a huge file costs no more
+# A FileEntry is its path plus one bytes object: this head, the digest, the hashes, the lengths.
+_HEAD = struct.Struct("=QqH")  # size, mtime_ns, mode
+_LENGTH = struct.Struct("=" + LENGTH_CODE)
+_DIGEST_AT = _HEAD.size
+_HASHES_AT = _DIGEST_AT + HASH_SIZE
+_CHUNK_BYTES = HASH_SIZE + 4
+MTIME_RANGE = (-(2**63), 2**63 - 1)  # what the packed entry (and a timespec in ns) can hold
+
+
 def chunk_list_digest(chunks: Iterable[Chunk]) -> bytes:
     """BLAKE3 over a chunk list: domain string, then per chunk its hash and its length as
     8 bytes big-endian. Two files with equal digests have identical contents."""
@@ -66,27 +92,210 @@ def chunk_list_digest(chunks: Iterable[Chunk]) -> bytes:
     return h.digest()
 
 
-@dataclass(frozen=True, slots=True)
+def packed_digest(hashes: bytes, lengths: bytes) -> bytes:
+    """:func:`chunk_list_digest` of a packed chunk list (see :class:`FileEntry`). Large lists
+    are interleaved into hash + length records by strided slice copies, all in C."""
+    lens = memoryview(lengths).cast(LENGTH_CODE)
+    n = len(lens)
+    h = blake3(_CHUNKLIST_DOMAIN)
+    if n <= _SMALL_DIGEST:
+        for i, length in enumerate(lens):
+            h.update(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE])
+            h.update(length.to_bytes(8, "big"))
+        return h.digest()
+    be = array(LENGTH_CODE, lengths)
+    if sys.byteorder == "little":
+        be.byteswap()
+    be_bytes = be.tobytes()
+    del be
+    record = HASH_SIZE + 8  # hash, then the length as a u64 whose high 4 bytes are zero
+    for start in range(0, n, _DIGEST_BLOCK):
+        stop = min(n, start + _DIGEST_BLOCK)
+        buf = bytearray(record * (stop - start))
+        block = hashes[start * HASH_SIZE : stop * HASH_SIZE]
+        for j in range(HASH_SIZE):
+            buf[j::record] = block[j::HASH_SIZE]
+        block = be_bytes[start * 4 : stop * 4]
+        for j in range(4):
+            buf[HASH_SIZE + 4 + j :: record] = block[j::4]
+        h.update(buf)
+    return h.digest()
+
+
 class FileEntry:
     """A regular file: its size, permission bits, mtime and chunk list (offsets follow from
-    order). ``digest`` is :func:`chunk_list_digest` of ``chunks``; use :meth:`build`."""
+    order), and ``digest``, :func:`chunk_list_digest` of the list. Immutable, compared by value.
 
+    Stored compactly, as the path plus one ``bytes`` holding everything else (~250 bytes for a
+    one-chunk file instead of ~450 as separate objects); the fields are properties. The chunk
+    list is packed: ``hashes`` is the chunks' 32-byte hashes concatenated, ``lengths`` their
+    lengths as native-endian u32 (``array("I").tobytes()``); :attr:`chunks` gives it as
+    ``Chunk`` tuples. Make entries with :meth:`build` or :meth:`from_packed`; the constructor
+    takes every field of the wire entry and does not check the digest (decoding does)."""
+
+    __slots__ = ("_packed", "path")
     path: str
-    size: int
-    mode: int
-    mtime_ns: int
-    chunks: tuple[Chunk, ...]
-    digest: bytes
+    _packed: bytes
+
+    def __init__(  # noqa: PLR0917 (the wire entry's fields, in its order)
+        self,
+        path: str,
+        size: int,
+        mode: int,
+        mtime_ns: int,
+        hashes: bytes,
+        lengths: bytes,
+        digest: bytes,
+    ) -> None:
+        object.__setattr__(self, "path", path)
+        try:
+            head = _HEAD.pack(size, mtime_ns, mode)
+        except struct.error as exc:
+            raise ManifestError(f"{path!r}: size, mtime_ns or mode out of range ({exc})") from None
+        count, rest = divmod(len(lengths), 4)
+        if rest or len(hashes) != HASH_SIZE * count:
+            raise ManifestError(
+                f"{path!r}: {len(hashes)} bytes of chunk hashes for {len(lengths)} bytes of "
+                "chunk lengths"
+            )
+        if len(digest) != HASH_SIZE:
+            raise ManifestError(f"{path!r}: digest does not match the chunk list")
+        object.__setattr__(self, "_packed", b"".join((head, digest, hashes, lengths)))
 
     @classmethod
     def build(
-        cls, path: str, size: int, mode: int, mtime_ns: int, chunks: Iterable[Chunk]
+        cls, path: str, size: int, mode: int, mtime_ns: int, chunks: Iterable[tuple[bytes, int]]
     ) -> FileEntry:
-        """Make an entry, keeping only permission bits of ``mode`` and computing the digest."""
-        chunk_tuple = tuple(Chunk(c[0], c[1]) for c in chunks)
-        return cls(
-            path, size, mode & MODE_MASK, mtime_ns, chunk_tuple, chunk_list_digest(chunk_tuple)
+        """Make an entry from ``(hash, length)`` pairs, keeping only permission bits of
+        ``mode`` and computing the digest."""
+        hashes: list[bytes] = []
+        lengths = array(LENGTH_CODE)
+        try:
+            for digest, length in chunks:
+                if len(digest) != HASH_SIZE:
+                    raise ManifestError(
+                        f"{path!r}: chunk {len(hashes)} is not a {HASH_SIZE}-byte hash"
+                    )
+                lengths.append(length)
+                hashes.append(digest)
+        except (OverflowError, TypeError) as exc:
+            raise ManifestError(f"{path!r}: chunk {len(lengths)} length: {exc}") from None
+        return cls.from_packed(
+            path, size, mode, mtime_ns, hashes=b"".join(hashes), lengths=lengths.tobytes()
         )
+
+    @classmethod
+    def from_packed(
+        cls, path: str, size: int, mode: int, mtime_ns: int, *, hashes: bytes, lengths: bytes
+    ) -> FileEntry:
+        """Make an entry from an already packed chunk list, computing the digest."""
+        if len(lengths) % 4:
+            raise ManifestError(f"{path!r}: {len(lengths)} bytes of chunk lengths")
+        return cls(
+            path, size, mode & MODE_MASK, mtime_ns, hashes, lengths, packed_digest(hashes, lengths)
+        )
+
+    # -- fields -------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return _HEAD.unpack_from(self._packed)[0]
+
+    @property
+    def mtime_ns(self) -> int:
+        return _HEAD.unpack_from(self._packed)[1]
+
+    @property
+    def mode(self) -> int:
+        return _HEAD.unpack_from(self._packed)[2]
+
+    @property
+    def digest(self) -> bytes:
+        return self._packed[_DIGEST_AT:_HASHES_AT]
+
+    @property
+    def chunk_count(self) -> int:
+        return (len(self._packed) - _HASHES_AT) // _CHUNK_BYTES
+
+    @property
+    def hashes(self) -> bytes:
+        """The chunk hashes, concatenated (a copy: loops should use :meth:`chunk_hash`)."""
+        return self._packed[_HASHES_AT : _HASHES_AT + HASH_SIZE * self.chunk_count]
+
+    @property
+    def lengths(self) -> bytes:
+        """The chunk lengths as native-endian u32 (a copy; see :meth:`chunk_lengths`)."""
+        return self._packed[_HASHES_AT + HASH_SIZE * self.chunk_count :]
+
+    def chunk_lengths(self) -> memoryview:
+        """The chunk lengths as a read-only sequence of ints (no copy)."""
+        start = _HASHES_AT + HASH_SIZE * self.chunk_count
+        return memoryview(self._packed)[start:].cast(LENGTH_CODE)
+
+    def chunk_length(self, i: int) -> int:
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(i)
+        return _LENGTH.unpack_from(self._packed, len(self._packed) - 4 * (self.chunk_count - i))[0]
+
+    def chunk_hash(self, i: int) -> bytes:
+        if not 0 <= i < self.chunk_count:
+            raise IndexError(i)
+        start = _HASHES_AT + i * HASH_SIZE
+        return self._packed[start : start + HASH_SIZE]
+
+    def has_chunk(self, i: int, digest: bytes) -> bool:
+        """Whether chunk ``i`` has hash ``digest``, compared in place (no copy)."""
+        return (
+            0 <= i < self.chunk_count
+            and len(digest) == HASH_SIZE
+            and self._packed.startswith(digest, _HASHES_AT + i * HASH_SIZE)
+        )
+
+    def iter_chunks(self) -> Iterator[Chunk]:
+        """The chunks in file order, one ``Chunk`` at a time."""
+        packed = self._packed
+        for i, length in enumerate(self.chunk_lengths()):
+            start = _HASHES_AT + i * HASH_SIZE
+            yield Chunk(packed[start : start + HASH_SIZE], length)
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        """The chunk list as ``Chunk`` tuples, built anew on each access (the entry keeps only
+        the packed form): loops over many entries should use :meth:`iter_chunks`."""
+        return tuple(self.iter_chunks())
+
+    # -- value semantics ---------------------------------------------------------------------
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not FileEntry:
+            return NotImplemented
+        return self.path == other.path and self._packed == other._packed
+
+    def __hash__(self) -> int:
+        return hash((self.path, self._packed))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"FileEntry is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"FileEntry is immutable (cannot delete {name!r})")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, bytes]]:
+        # copy and pickle: __setattr__ refuses the default way of restoring slots.
+        return (_file_entry, (self.path, self._packed))
+
+    def __repr__(self) -> str:
+        return (
+            f"FileEntry(path={self.path!r}, size={self.size}, mode={self.mode:#o}, "
+            f"mtime_ns={self.mtime_ns}, chunks={self.chunk_count}, digest={self.digest.hex()})"
+        )
+
+
+def _file_entry(path: str, packed: bytes) -> FileEntry:
+    entry = object.__new__(FileEntry)
+    object.__setattr__(entry, "path", path)
+    object.__setattr__(entry, "_packed", packed)
+    return entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +315,6 @@ class SymlinkEntry:
 
 
 Entry = FileEntry | DirEntry | SymlinkEntry
-
-
-class ChunkLocation(NamedTuple):
-    """Where a chunk's bytes can be read: ``length`` bytes at ``offset`` in file ``path``."""
-
-    path: str
-    offset: int
-    length: int
 
 
 def _sorted_entries(entries: Iterable[Entry]) -> MappingProxyType[str, Entry]:
@@ -137,11 +338,17 @@ class Manifest:
     entries: Mapping[str, Entry]
 
     def __post_init__(self) -> None:
+        previous: str | None = None
+        in_order = type(self.entries) is MappingProxyType
         for path, entry in self.entries.items():
             if path != entry.path:
                 raise ManifestError(f"manifest key {path!r} does not match entry {entry.path!r}")
-        # Normalize whatever mapping we were given: sorted, read-only.
-        object.__setattr__(self, "entries", _sorted_entries(self.entries.values()))
+            in_order = in_order and (previous is None or previous < path)
+            previous = path
+        # Normalize whatever mapping we were given: sorted, read-only. A read-only mapping that
+        # is sorted already (what build() makes) is kept: a copy per manifest is ~40 bytes a file.
+        if not in_order:
+            object.__setattr__(self, "entries", _sorted_entries(self.entries.values()))
 
     @classmethod
     def build(cls, version: int, params: ChunkParams, entries: Iterable[Entry]) -> Manifest:
@@ -165,28 +372,26 @@ class Manifest:
     @cached_property
     def chunk_count(self) -> int:
         """Total chunk references (a chunk used twice counts twice)."""
-        return sum(len(f.chunks) for f in self.files())
+        return sum(len(f.lengths) for f in self.files()) >> 2
 
-    def chunk_hashes(self) -> set[bytes]:
-        """The distinct chunk hashes this manifest refers to."""
-        return {c.hash for f in self.files() for c in f.chunks}
+    def chunk_hashes(self) -> Set[bytes]:
+        """The distinct chunk hashes this manifest refers to: a read-only set-like view of
+        :meth:`chunk_locations`, the same object on every call."""
+        return self._chunk_hashes
 
-    def chunk_locations(self) -> Mapping[bytes, ChunkLocation]:
+    def chunk_locations(self) -> ChunkIndex:
         """Each distinct chunk hash -> its first occurrence (path order, then offset). The master
         serves a chunk by reading there; a peer copies chunks it already has locally from there.
-        Computed once per manifest."""
-        return self._chunk_locations
+        Computed once per manifest, as a compact :class:`ChunkIndex`, not a dict."""
+        return self._chunk_index
 
     @cached_property
-    def _chunk_locations(self) -> Mapping[bytes, ChunkLocation]:
-        locations: dict[bytes, ChunkLocation] = {}
-        for f in self.files():
-            offset = 0
-            for chunk in f.chunks:
-                if chunk.hash not in locations:
-                    locations[chunk.hash] = ChunkLocation(f.path, offset, chunk.length)
-                offset += chunk.length
-        return MappingProxyType(locations)
+    def _chunk_index(self) -> ChunkIndex:
+        return ChunkIndex(self.files())
+
+    @cached_property
+    def _chunk_hashes(self) -> Set[bytes]:
+        return self._chunk_index.keys()
 
 
 @dataclass(frozen=True)
@@ -232,8 +437,9 @@ def needed_chunks(
     for entry in files:
         if not isinstance(entry, FileEntry):
             continue
-        for chunk in entry.chunks:
-            h = chunk.hash
+        hashes = entry.hashes
+        for i in range(0, len(hashes), HASH_SIZE):
+            h = hashes[i : i + HASH_SIZE]
             if h not in seen:
                 seen.add(h)
                 if h not in have:
@@ -338,33 +544,40 @@ def _check_entry(entry: Entry, params: ChunkParams, what: str = "manifest entry"
         if not symlink_target_is_inside(entry.path, entry.target):
             raise ManifestError(f"{where}: symlink target {entry.target!r} leaves the tree")
         return
-    if type(entry.mode) is not int or not 0 <= entry.mode <= MODE_MASK:
-        raise ManifestError(f"{where}: mode must be an integer in [0, 0o7777], got {entry.mode!r}")
     if isinstance(entry, DirEntry):
+        _check_mode(entry.mode, where)
         return
-    if type(entry.size) is not int or not 0 <= entry.size <= MAX_FILE_SIZE:
-        raise ManifestError(f"{where}: size must be an integer in [0, 2**50], got {entry.size!r}")
-    if type(entry.mtime_ns) is not int:
-        raise ManifestError(f"{where}: mtime_ns must be an integer, got {entry.mtime_ns!r}")
-    if type(entry.chunks) is not tuple:
-        raise ManifestError(f"{where}: chunks must be a tuple")
-    total = 0
-    for i, chunk in enumerate(entry.chunks):
-        if (
-            type(chunk) is not Chunk
-            or type(chunk.hash) is not bytes
-            or len(chunk.hash) != HASH_SIZE
-        ):
-            raise ManifestError(f"{where}: chunk {i} is not a {HASH_SIZE}-byte hash and a length")
-        if type(chunk.length) is not int or not 1 <= chunk.length <= params.max_size:
-            raise ManifestError(
-                f"{where}: chunk {i} length must be in [1, {params.max_size}], got {chunk.length!r}"
-            )
-        total += chunk.length
+    _check_file_fields(entry.size, entry.mode, entry.mtime_ns, where)
+    lengths = entry.chunk_lengths()
+    if lengths and (min(lengths) < 1 or max(lengths) > params.max_size):
+        _check_lengths(lengths, params, where)
+    total = sum(lengths)
     if total != entry.size:
         raise ManifestError(f"{where}: chunk lengths sum to {total} but size is {entry.size}")
-    if type(entry.digest) is not bytes or entry.digest != chunk_list_digest(entry.chunks):
+    if entry.digest != packed_digest(entry.hashes, entry.lengths):
         raise ManifestError(f"{where}: digest does not match the chunk list")
+
+
+def _check_mode(mode: Any, where: str) -> None:
+    if type(mode) is not int or not 0 <= mode <= MODE_MASK:
+        raise ManifestError(f"{where}: mode must be an integer in [0, 0o7777], got {mode!r}")
+
+
+def _check_file_fields(size: Any, mode: Any, mtime_ns: Any, where: str) -> None:
+    _check_mode(mode, where)
+    if type(size) is not int or not 0 <= size <= MAX_FILE_SIZE:
+        raise ManifestError(f"{where}: size must be an integer in [0, 2**50], got {size!r}")
+    if type(mtime_ns) is not int or not MTIME_RANGE[0] <= mtime_ns <= MTIME_RANGE[1]:
+        raise ManifestError(f"{where}: mtime_ns must be a 64-bit integer, got {mtime_ns!r}")
+
+
+def _check_lengths(lengths: Iterable[Any], params: ChunkParams, where: str) -> None:
+    """Raise ManifestError naming the first length that is not an int in [1, max_size]."""
+    for i, length in enumerate(lengths):
+        if type(length) is not int or not 1 <= length <= params.max_size:
+            raise ManifestError(
+                f"{where}: chunk {i} length must be in [1, {params.max_size}], got {length!r}"
+            )
 
 
 def _check_version(value: Any, name: str) -> int:
@@ -395,8 +608,8 @@ def _encode_entry(entry: Entry) -> list[Any]:
             entry.size,
             entry.mode,
             entry.mtime_ns,
-            b"".join(c.hash for c in entry.chunks),
-            [c.length for c in entry.chunks],
+            entry.hashes,
+            entry.chunk_lengths().tolist(),
             entry.digest,
         ]
     if isinstance(entry, DirEntry):
@@ -411,18 +624,86 @@ def _pack(obj: Any) -> bytes:
         raise ManifestError(f"cannot encode: {exc}") from None
 
 
+ENCODE_PART = 1 << 16  # bytes per part of an encoded manifest (a large file's entry may be more)
+
+
 def encode_manifest(manifest: Manifest) -> bytes:
     """The canonical msgpack encoding of a manifest (validated first; ManifestError if invalid)."""
     validate_manifest(manifest)
-    return _pack(
-        [
-            MANIFEST_TAG,
-            FORMAT_VERSION,
-            manifest.version,
-            list(manifest.params.as_tuple()),
-            [_encode_entry(e) for e in manifest.entries.values()],
-        ]
-    )
+    return b"".join(iter_manifest_parts(manifest, 1 << 20))
+
+
+def iter_manifest_parts(manifest: Manifest, part_size: int = ENCODE_PART) -> Iterator[bytes]:
+    """:func:`encode_manifest`'s bytes in parts of about ``part_size`` bytes, produced as they
+    are consumed, for a caller that writes them out (the master streams them into SQLite): the
+    whole encoding is then never in memory, nor a wire-shaped copy of a large file's entry.
+    Does not validate: call :func:`validate_manifest` first. Same manifest, same parts."""
+    pending: list[bytes] = []
+    size = 0
+    try:
+        for piece in _manifest_pieces(manifest):
+            pending.append(piece)
+            size += len(piece)
+            if size >= part_size:
+                yield b"".join(pending)
+                pending, size = [], 0
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ManifestError(f"cannot encode: {exc}") from None
+    if pending:
+        yield b"".join(pending)
+
+
+_LARGE_ENTRY = 1024  # chunks from which a file's entry is encoded piece by piece
+_PIECE_CHUNKS = 2048  # hashes (64 KiB) or lengths per piece of a large entry
+
+
+def _manifest_pieces(manifest: Manifest) -> Iterator[bytes]:
+    packer = msgpack.Packer(use_bin_type=True)  # autoreset: each pack() returns its bytes
+    yield packer.pack_array_header(5)
+    yield packer.pack(MANIFEST_TAG)
+    yield packer.pack(FORMAT_VERSION)
+    yield packer.pack(manifest.version)
+    yield packer.pack(list(manifest.params.as_tuple()))
+    yield packer.pack_array_header(len(manifest.entries))
+    for entry in manifest.entries.values():
+        if isinstance(entry, FileEntry) and entry.chunk_count > _LARGE_ENTRY:
+            yield from _large_file_pieces(packer, entry)
+        else:
+            yield packer.pack(_encode_entry(entry))
+
+
+def _large_file_pieces(packer: msgpack.Packer, entry: FileEntry) -> Iterator[bytes]:
+    """The bytes ``packer.pack(_encode_entry(entry))`` would give, in pieces of a few KiB."""
+    n = entry.chunk_count
+    yield packer.pack_array_header(8)
+    for value in (KIND_FILE, entry.path, entry.size, entry.mode, entry.mtime_ns):
+        yield packer.pack(value)
+    yield _bin_header(HASH_SIZE * n)
+    step = HASH_SIZE * _PIECE_CHUNKS
+    with memoryview(entry._packed) as packed:
+        for start in range(_HASHES_AT, _HASHES_AT + HASH_SIZE * n, step):
+            yield bytes(packed[start : min(start + step, _HASHES_AT + HASH_SIZE * n)])
+    yield packer.pack_array_header(n)
+    lengths = entry.chunk_lengths()
+    for start in range(0, n, _PIECE_CHUNKS):
+        values = lengths[start : start + _PIECE_CHUNKS].tolist()
+        # An array of these ints, less its header: the ints as they sit in the big array.
+        yield packer.pack(values)[_array_header_size(len(values)) :]
+    yield packer.pack(entry.digest)
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header for a bin of ``n`` bytes (bin 8, 16 or 32, as the packer picks)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _array_header_size(n: int) -> int:
+    """Bytes of msgpack's header for an array of ``n`` items (fixarray, array 16, array 32)."""
+    return 1 if n < 16 else 3 if n < 1 << 16 else 5
 
 
 def encode_delta(delta: ManifestDelta) -> bytes:
@@ -537,11 +818,16 @@ def _decode_entry(raw: Any, params: ChunkParams, what: str) -> Entry:
             )
         if type(digest) is not bytes:
             raise ManifestError(f"{where}: digest must be bytes")
-        chunks = tuple(
-            Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], length)
-            for i, length in enumerate(lengths)
+        if len(digest) != HASH_SIZE:
+            raise ManifestError(f"{where}: digest does not match the chunk list")
+        if not all(type(n) is int for n in lengths) or (
+            lengths and (min(lengths) < 1 or max(lengths) > params.max_size)
+        ):
+            _check_lengths(lengths, params, where)
+        _check_file_fields(size, mode, mtime_ns, where)  # before packing, which needs them
+        entry = FileEntry(
+            path, size, mode, mtime_ns, hashes, array(LENGTH_CODE, lengths).tobytes(), digest
         )
-        entry = FileEntry(path, size, mode, mtime_ns, chunks, digest)
     _check_entry(entry, params, what)
     return entry
 

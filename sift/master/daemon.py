@@ -67,6 +67,12 @@ RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
 
 
+def _bytes_not_in(manifest: Manifest, previous: Manifest) -> int:
+    """Bytes of the distinct chunks of ``manifest`` that ``previous`` does not have."""
+    old = previous.chunk_hashes()
+    return sum(loc.length for h, loc in manifest.chunk_locations().items() if h not in old)
+
+
 def _load_versions(db) -> list[dict]:
     """The recent version summaries a previous run stored (newest first)."""
     try:
@@ -198,14 +204,18 @@ class MasterDaemon:
             log.info("files changing while read, retrying soon: %s", ", ".join(result.unstable[:5]))
             asyncio.get_running_loop().call_later(UNSTABLE_RETRY, self._rescan.set)
         entries = {e.path: e for e in result.entries}
-        if entries == dict(self.current.entries) and self.current.version > 0:
+        if entries == self.current.entries and self.current.version > 0:
             return
         version = max(self.store.highest_version(), self.current.version) + 1
         manifest = Manifest.build(version, self.config.params, entries.values())
-        encoded = encode_manifest(manifest)
-        self.store.save(manifest, encoded=encoded)
+        del result, entries  # the manifest holds the entries now
+        # Building the chunk index and summing the new chunks walk every chunk: off the loop.
+        new_bytes = await asyncio.to_thread(_bytes_not_in, manifest, self.current)
+        # Encoded straight into the store in small parts and read back in one piece: a large
+        # manifest is never in memory twice (see docs/performance.md (f)).
+        self.store.save(manifest)
         previous, self.current = self.current, manifest
-        self._encoded = {version: encoded}
+        self._encoded = {version: self.store.load_encoded(version) or encode_manifest(manifest)}
         self._deltas.clear()
         # New files may sit at old paths: the reader must reopen them.
         self.read_pool.submit(self.reader.close)
@@ -217,10 +227,10 @@ class MasterDaemon:
             manifest.chunk_count,
             manifest.total_bytes / 1e6,
         )
-        self._announce(previous, manifest)
+        self._announce(previous, manifest, new_bytes)
         await self._push(ManifestPush(version))
 
-    def _announce(self, previous: Manifest, manifest: Manifest) -> None:
+    def _announce(self, previous: Manifest, manifest: Manifest, new_bytes: int) -> None:
         """Publish the manifest.published event and remember the version's summary."""
         changes = diff(previous if previous.version > 0 else None, manifest)
 
@@ -232,10 +242,6 @@ class MasterDaemon:
         added = not_dirs(changes.added, manifest.entries)
         changed = not_dirs(changes.changed, manifest.entries)
         removed = not_dirs(changes.removed, previous.entries)
-        old_hashes = previous.chunk_hashes()
-        new_bytes = sum(
-            loc.length for h, loc in manifest.chunk_locations().items() if h not in old_hashes
-        )
         summary = {
             "version": manifest.version,
             "published_at": time.time(),
@@ -542,7 +548,7 @@ class MasterDaemon:
             **(
                 {
                     "file_list": [
-                        {"path": f.path, "size": f.size, "chunks": len(f.chunks)} for f in m.files()
+                        {"path": f.path, "size": f.size, "chunks": f.chunk_count} for f in m.files()
                     ]
                 }
                 if file_list

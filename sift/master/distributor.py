@@ -12,7 +12,7 @@ every chunk leaves the master about once, whatever N is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 
 
@@ -22,7 +22,7 @@ class _PeerRecord:
     held: set[bytes] = field(default_factory=set)
     # A peer that reported holding every chunk of a manifest shares that manifest's own hash
     # set here instead of keeping a copy: a complete peer costs no memory per chunk.
-    whole: frozenset[bytes] | set[bytes] | None = None
+    whole: Set[bytes] | None = None
 
     def holds(self, chunk: bytes) -> bool:
         return chunk in self.held or (self.whole is not None and chunk in self.whole)
@@ -49,8 +49,8 @@ class Distributor:
         self._fetch_ttl = fetch_ttl
         self._clock = clock
         self._peers: dict[str, _PeerRecord] = {}
-        # The current manifest's chunk set (the manifest's own object, not a copy).
-        self._live: set[bytes] | frozenset[bytes] | None = None
+        # The current manifest's chunk set (the manifest's own set-like view, not a copy).
+        self._live: Set[bytes] | None = None
         # chunk -> (peer id, deadline): the master sent it to that peer, who will hold it soon.
         self._fetching: dict[bytes, tuple[str, float]] = {}
 
@@ -103,12 +103,14 @@ class Distributor:
             if fetch is not None and fetch[0] == peer_id:
                 del self._fetching[chunk]
 
-    def forget_chunks_not_in(self, live: set[bytes] | frozenset[bytes]) -> None:
+    def forget_chunks_not_in(self, live: Set[bytes]) -> None:
         """A new manifest: drop holdings of chunks no longer in it, so memory follows the
         dataset. Complete peers keep their (older) set until they report again."""
         self._live = live
         for record in self._peers.values():
-            record.held.intersection_update(live)
+            # Filter the peer's set by lookups in `live`: intersection_update would iterate
+            # all of `live` (a compact index, not a set) to build a temporary set.
+            record.held = {c for c in record.held if c in live}
         for chunk in [c for c in self._fetching if c not in live]:
             del self._fetching[chunk]
 

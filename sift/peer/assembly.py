@@ -147,7 +147,7 @@ class PartFile:
                 yield change.slot, change.hash, change.length
             return
         offset = 0
-        for chunk in self.entry.chunks:
+        for chunk in self.entry.iter_chunks():
             yield offset, chunk.hash, chunk.length
             offset += chunk.length
 
@@ -278,7 +278,7 @@ class Assembler:
                     flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
                     fd = os.open(part.path, flags, 0o600)
                     try:
-                        if len(part.entry.chunks) > 1:
+                        if part.entry.chunk_count > 1:
                             if reserve:
                                 preallocate(fd, part.entry.size)
                             else:

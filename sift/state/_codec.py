@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 
 from sift.core.chunk import HASH_SIZE, Chunk
+from sift.core.manifest import LENGTH_CODE
 
 from .db import StateError
 
@@ -35,15 +38,32 @@ def pack_chunks(chunks: Sequence[Chunk]) -> tuple[bytes, bytes]:
 def unpack_chunks(hashes: bytes, lengths: bytes, where: str) -> tuple[Chunk, ...]:
     """The chunk list stored as ``(hashes, lengths)``; StateError (naming ``where``) when the two
     blobs disagree, which only a damaged database produces."""
+    check_packed(hashes, lengths, where)
+    n = len(lengths) // 4
+    sizes = struct.unpack(f">{n}I", lengths)
+    return tuple(
+        Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], size) for i, size in enumerate(sizes)
+    )
+
+
+def check_packed(hashes: bytes, lengths: bytes, where: str) -> None:
+    """StateError (naming ``where``) unless the two blobs describe the same number of chunks."""
     n, rest = divmod(len(lengths), 4)
     if rest or len(hashes) != n * HASH_SIZE:
         raise StateError(
             f"{where}: damaged chunk list ({len(hashes)} hash bytes, {len(lengths)} length bytes)"
         )
-    sizes = struct.unpack(f">{n}I", lengths)
-    return tuple(
-        Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], size) for i, size in enumerate(sizes)
-    )
+
+
+def swap_lengths(lengths: bytes) -> bytes:
+    """Stored (big-endian) u32 lengths <-> in-memory (native, ``FileEntry.lengths``) ones: the
+    same function both ways, a no-op on a big-endian machine."""
+    if sys.byteorder == "big":
+        return bytes(lengths)
+    values = array(LENGTH_CODE)
+    values.frombytes(lengths)
+    values.byteswap()
+    return values.tobytes()
 
 
 def encode_path(path: str) -> bytes:

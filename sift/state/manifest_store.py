@@ -8,8 +8,15 @@ version number is never reused, even after every stored manifest was deleted.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 
-from sift.core.manifest import Manifest, ManifestError, decode_manifest, encode_manifest
+from sift.core.manifest import (
+    Manifest,
+    ManifestError,
+    decode_manifest,
+    iter_manifest_parts,
+    validate_manifest,
+)
 
 from .db import StateError, get_meta, set_meta, transaction
 
@@ -36,10 +43,20 @@ class ManifestStore:
         """Store ``manifest`` as the newest version and prune to the newest ``keep``.
 
         ``encoded`` may pass the bytes of ``encode_manifest(manifest)`` when the caller already
-        has them (to send to peers), saving a second encoding of a large manifest. Raises
-        :class:`ManifestVersionError` unless the version is above the highest ever saved.
+        has them. Raises :class:`ManifestVersionError` unless the version is above the highest
+        ever saved, and ManifestError if the manifest is invalid.
+
+        Without ``encoded`` the manifest is encoded twice in small parts, once to learn the
+        size and once into an incremental blob handle: the encoding is never whole in memory
+        (nor copied by SQLite, as binding one large value would do).
         """
-        data = encode_manifest(manifest) if encoded is None else encoded
+        parts: Iterable[bytes]
+        if encoded is None:
+            validate_manifest(manifest)
+            size = sum(len(part) for part in iter_manifest_parts(manifest))
+            parts = iter_manifest_parts(manifest)
+        else:
+            size, parts = len(encoded), (encoded,)
         with transaction(self._conn):
             high = self.highest_version()
             if manifest.version <= high:
@@ -48,8 +65,14 @@ class ManifestStore:
                     f"version {high} (versions only go up)"
                 )
             self._conn.execute(
-                "INSERT INTO manifests (version, data) VALUES (?, ?)", (manifest.version, data)
+                "INSERT INTO manifests (version, data) VALUES (?, zeroblob(?))",
+                (manifest.version, size),
             )
+            with self._conn.blobopen("manifests", "data", manifest.version) as blob:
+                for part in parts:
+                    blob.write(part)
+                if blob.tell() != size:
+                    raise StateError(f"manifest {manifest.version} encoded to a different size")
             set_meta(self._conn, _HIGH_WATER, manifest.version)
             self._conn.execute(
                 "DELETE FROM manifests WHERE version <= ?", (manifest.version - self.keep,)
@@ -71,23 +94,29 @@ class ManifestStore:
     def latest(self) -> Manifest | None:
         """The newest stored manifest, or None."""
         row = self._conn.execute(
-            "SELECT version, data FROM manifests ORDER BY version DESC LIMIT 1"
+            "SELECT version FROM manifests ORDER BY version DESC LIMIT 1"
         ).fetchone()
-        return None if row is None else _decode(row[0], row[1])
+        return None if row is None else self.load(row[0])
 
     def load(self, version: int) -> Manifest | None:
         """Manifest ``version`` if it is still stored, else None (never saved, or pruned)."""
-        row = self._conn.execute(
-            "SELECT data FROM manifests WHERE version = ?", (version,)
-        ).fetchone()
-        return None if row is None else _decode(version, row[0])
+        data = self.load_encoded(version)
+        return None if data is None else _decode(version, data)
 
     def load_encoded(self, version: int) -> bytes | None:
         """The stored bytes of manifest ``version`` (to send as is), or None."""
+        try:
+            # Read straight into one bytes object: a SELECT would hold a second copy.
+            with self._conn.blobopen("manifests", "data", version, readonly=True) as blob:
+                return blob.read()
+        except sqlite3.OperationalError:
+            pass  # no such row (never saved, or pruned), or a value that is not a blob
         row = self._conn.execute(
-            "SELECT data FROM manifests WHERE version = ?", (version,)
+            "SELECT typeof(data) FROM manifests WHERE version = ?", (version,)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        raise StateError(f"stored manifest {version} is damaged: its data is a {row[0]}")
 
     def versions(self) -> list[int]:
         """Stored versions, oldest first."""
@@ -96,7 +125,7 @@ class ManifestStore:
 
 def _decode(version: int, data: bytes) -> Manifest:
     try:
-        manifest = decode_manifest(bytes(data))
+        manifest = decode_manifest(data)
     except ManifestError as e:
         raise StateError(f"stored manifest {version} is damaged: {e}") from None
     if manifest.version != version:

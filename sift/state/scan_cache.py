@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from sift.core.chunk import Chunk, ChunkParams
+from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
+from sift.core.manifest import LENGTH_CODE
 
-from ._codec import decode_path, encode_path, pack_chunks, unpack_chunks
+from ._codec import check_packed, decode_path, encode_path, pack_chunks, swap_lengths
 from .db import StateError, transaction
 
 __all__ = ["CachedFile", "FileChunksLike", "ScanCache"]
@@ -39,14 +40,26 @@ class FileChunksLike(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CachedFile:
-    """A file as it was when last chunked (same fields as ``FileChunks``)."""
+    """A file as it was when last chunked (the fields of ``FileChunks``), its chunk list packed
+    as in ``FileEntry`` (``hashes``, native u32 ``lengths``): the scanner hands both blobs to
+    ``FileEntry.from_packed`` as they are, no per-chunk objects on the way."""
 
     size: int
     mtime_ns: int
     inode: int
     mode: int
     params: ChunkParams
-    chunks: tuple[Chunk, ...]
+    hashes: bytes
+    lengths: bytes
+
+    @property
+    def chunks(self) -> tuple[Chunk, ...]:
+        """The chunk list as ``Chunk`` tuples (built on each access)."""
+        lengths = memoryview(self.lengths).cast(LENGTH_CODE)
+        h = self.hashes
+        return tuple(
+            Chunk(h[i * HASH_SIZE : (i + 1) * HASH_SIZE], n) for i, n in enumerate(lengths)
+        )
 
 
 _COLUMNS = "size, mtime_ns, inode, mode, min_size, avg_size, max_size, hashes, lengths"
@@ -142,4 +155,5 @@ def _row_to_cached(path: str, row: tuple) -> CachedFile:
         params = ChunkParams(min_size, avg_size, max_size)
     except ValueError as e:
         raise StateError(f"{where}: damaged chunk parameters ({e})") from None
-    return CachedFile(size, mtime_ns, inode, mode, params, unpack_chunks(hashes, lengths, where))
+    check_packed(hashes, lengths, where)
+    return CachedFile(size, mtime_ns, inode, mode, params, bytes(hashes), swap_lengths(lengths))
