@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from sift.protocol.errors import ProtocolError
 from sift.protocol.frames import FrameDecoder, encode_frame
 from sift.protocol.messages import (
+    BIG_FIELD,
     HANDSHAKE_MESSAGES,
     INT64_MIN,
     UINT64_MAX,
@@ -40,6 +41,7 @@ from sift.protocol.messages import (
     Ping,
     decode_payload,
     encode_message,
+    encode_message_parts,
     encode_payload,
     message,
     registered_messages,
@@ -402,3 +404,34 @@ def test_docs_list_every_message_with_its_code() -> None:
 def test_docs_worked_example_matches_the_encoder() -> None:
     text = DOCS.read_text(encoding="utf-8")
     assert encode_message(ManifestPush(version=5)).hex(" ") in text
+
+
+# -- frames in parts ---------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(app_message)
+def test_parts_are_the_same_bytes_as_the_whole_frame(msg: Message) -> None:
+    assert b"".join(encode_message_parts(msg)) == encode_message(msg)
+
+
+@pytest.mark.parametrize("size", [BIG_FIELD - 1, BIG_FIELD, 3_000_000])
+def test_a_big_manifest_is_its_own_piece(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    msg = ManifestResponse(4, 12, 11, data)
+    parts = encode_message_parts(msg)
+    assert b"".join(parts) == encode_message(msg)
+    if size >= BIG_FIELD:
+        assert len(parts) == 2
+        assert parts[-1] is data  # written as it is, never copied
+    else:
+        assert len(parts) == 1
+    decoder = FrameDecoder()
+    for part in parts:
+        decoder.feed(part)
+    assert decode_payload(decoder.next_payload()) == msg
+
+
+def test_parts_respect_the_frame_limit() -> None:
+    with pytest.raises(ValueError, match="exceeds the 100000-byte limit"):
+        encode_message_parts(ManifestResponse(1, 2, None, b"x" * 100_000), max_frame_size=100_000)

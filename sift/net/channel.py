@@ -117,9 +117,12 @@ class Channel:
     async def send(self, msg: Message) -> None:
         if self.closed:
             raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
-        data = self.conn.send(msg)
-        self.bytes_out += len(data)
-        self.writer.write(data)
+        parts = self.conn.send_parts(msg)  # a big manifest is written as it is, not copied
+        self.bytes_out += sum(len(p) for p in parts)
+        if len(parts) == 1:
+            self.writer.write(parts[0])
+        else:
+            self.writer.writelines(parts)
         try:
             await asyncio.wait_for(self.writer.drain(), SEND_TIMEOUT)
         except TimeoutError:

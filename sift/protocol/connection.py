@@ -46,6 +46,7 @@ from sift.protocol.messages import (
     Message,
     decode_payload,
     encode_message,
+    encode_message_parts,
 )
 
 # Frames before authentication are tiny; an unauthenticated stranger gets no big buffers.
@@ -188,6 +189,26 @@ class Connection:
         handshake completes; Hello/Challenge/Auth at all, the connection sends those itself) and
         ValueError if a field is invalid or the frame would exceed ``max_frame_size``.
         """
+        parts = self.send_parts(msg)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def send_parts(self, msg: Message) -> tuple[bytes, ...]:
+        """:meth:`send`, as pieces to write in order: a message whose last field is a large
+        ``bytes`` (an encoded manifest) is not copied into a frame (see
+        ``encode_message_parts``)."""
+        opening = self._check_sendable(msg)
+        parts = encode_message_parts(msg, max_frame_size=self.max_frame_size)
+        if opening:
+            assert isinstance(msg, HelloAck)
+            self.hello_ack = msg
+            self._open()
+        if self._pending:
+            parts = (self.data_to_send() + parts[0], *parts[1:])
+        return parts
+
+    def _check_sendable(self, msg: Message) -> bool:
+        """RuntimeError/ValueError for a message not allowed now; True for the HelloAck that
+        opens the connection."""
         if self._error is not None:
             raise RuntimeError(f"cannot send on a failed connection ({self._error})")
         kind = type(msg)
@@ -206,14 +227,7 @@ class Connection:
             opening = True
         elif kind not in (Error, Goodbye) and self._state is not _State.OPEN:
             raise RuntimeError(f"cannot send {kind.__name__} before the handshake completes")
-        frame = encode_message(msg, max_frame_size=self.max_frame_size)
-        if opening:
-            assert isinstance(msg, HelloAck)
-            self.hello_ack = msg
-            self._open()
-        if self._pending:
-            frame = self.data_to_send() + frame
-        return frame
+        return opening
 
     def accept(self, manifest_version: int, observed_addr: str) -> bytes:
         """Server: complete the handshake of the client whose Hello ``next_message()`` just

@@ -37,14 +37,21 @@ def encode_frame(payload: bytes, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> 
     Raises ``ValueError`` when the frame would exceed ``max_frame_size``: the receiver would reject
     it, so a sender must split large batches (e.g. a big ``ChunkResponse``) before encoding.
     """
-    n = PREFIX_SIZE + len(payload)
+    # One copy of the payload; callers with huge payloads pay it once here (or send the
+    # header and the payload as separate pieces, see frame_header).
+    return frame_header(len(payload), max_frame_size=max_frame_size) + payload
+
+
+def frame_header(payload_size: int, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> bytes:
+    """The FRAME_OVERHEAD bytes that precede a payload of ``payload_size`` bytes (ValueError
+    when such a frame would exceed ``max_frame_size``, as in :func:`encode_frame`)."""
+    n = PREFIX_SIZE + payload_size
     if n > max_frame_size or n > MAX_ENCODABLE_FRAME:
         raise ValueError(
             f"frame of {n} bytes exceeds the {min(max_frame_size, MAX_ENCODABLE_FRAME)}-byte "
             "limit; split the message"
         )
-    # One copy of the payload; callers with huge payloads pay it once here.
-    return _HEADER.pack(n, MAGIC, PROTOCOL_VERSION) + payload
+    return _HEADER.pack(n, MAGIC, PROTOCOL_VERSION)
 
 
 def _ascii_hint(raw: bytes) -> str:

@@ -27,7 +27,7 @@ import msgpack
 
 from sift.core.chunk import HASH_SIZE
 from sift.protocol.errors import ProtocolError
-from sift.protocol.frames import DEFAULT_MAX_FRAME, encode_frame
+from sift.protocol.frames import DEFAULT_MAX_FRAME, encode_frame, frame_header
 
 __all__ = [
     "HANDSHAKE_MESSAGES",
@@ -60,6 +60,7 @@ __all__ = [
     "UInt",
     "decode_payload",
     "encode_message",
+    "encode_message_parts",
     "encode_payload",
     "message",
     "registered_messages",
@@ -440,6 +441,42 @@ def encode_payload(msg: Message) -> bytes:
 def encode_message(msg: Message, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> bytes:
     """``msg`` as a complete frame, ready to write to the stream."""
     return encode_frame(encode_payload(msg), max_frame_size=max_frame_size)
+
+
+# A trailing bytes field this large is not copied into the frame (see encode_message_parts).
+BIG_FIELD = 64 * 1024
+
+
+def _array_header(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+
+
+def encode_message_parts(
+    msg: Message, *, max_frame_size: int = DEFAULT_MAX_FRAME
+) -> tuple[bytes, ...]:
+    """``msg`` as a frame in pieces to write one after the other: when its last field is a
+    large ``bytes`` (a ManifestResponse's encoded manifest, megabytes for a big tree), that
+    object itself is the last piece instead of being copied twice, into the msgpack payload and
+    into the frame. Same bytes on the wire as :func:`encode_message`."""
+    cls = type(msg)
+    if _BY_CODE.get(getattr(cls, "TYPE_CODE", -1)) is not cls:
+        raise TypeError(f"{cls.__name__} is not a registered message")
+    try:
+        fields = _CODECS[cls].encode(msg)
+    except _Invalid as exc:
+        raise ValueError(f"cannot encode {cls.__name__}{exc.path}: {exc.reason}") from None
+    big = fields[-1] if fields else None
+    if type(big) is not bytes or len(big) < BIG_FIELD:
+        return (encode_message(msg, max_frame_size=max_frame_size),)
+    try:
+        head = [_array_header(len(fields) + 1), msgpack.packb(cls.TYPE_CODE)]
+        head += [msgpack.packb(f, use_bin_type=True) for f in fields[:-1]]
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"cannot encode {cls.__name__}: {exc}") from None
+    head.append(b"\xc6" + len(big).to_bytes(4, "big"))  # bin 32: the field's header
+    prefix = b"".join(head)
+    header = frame_header(len(prefix) + len(big), max_frame_size=max_frame_size)
+    return header + prefix, big
 
 
 class _NotAllowed(ValueError):
