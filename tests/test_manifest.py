@@ -23,6 +23,7 @@ from sift.core.manifest import (
     MTIME_RANGE,
     ChunkLocation,
     DirEntry,
+    FileEdit,
     FileEntry,
     Manifest,
     ManifestDelta,
@@ -602,3 +603,103 @@ def test_decode_corrupted_encoding(m: Manifest, data: st.DataObject) -> None:
     except ManifestError:
         return
     validate_manifest(back)
+
+
+# --------------------------------------------------------------------------- file edits in deltas
+
+
+def big_file(path: str, n: int, changed: dict[int, bytes] | None = None, mtime: int = 0):
+    """A file of `n` 256-byte chunks (SMALL params); `changed` replaces some chunk hashes."""
+    hashes = [hash_chunk(i.to_bytes(4, "big")) for i in range(n)]
+    for i, h in (changed or {}).items():
+        hashes[i] = h
+    return FileEntry.build(path, 256 * n, 0o644, mtime, [Chunk(h, 256) for h in hashes])
+
+
+def test_a_small_change_to_a_big_file_travels_as_edits() -> None:
+    old = Manifest.build(1, SMALL, [big_file("big", 5000)])
+    new = Manifest.build(2, SMALL, [big_file("big", 5000, {2500: H[7]}, mtime=5)])
+    delta = make_delta(old, new)
+    (edit,) = delta.upserts
+    assert isinstance(edit, FileEdit)
+    wire = encode_delta(delta)
+    assert len(wire) < 300  # against ~175 KB for the whole chunk list
+    assert len(encode_manifest(new)) > 170_000
+    back = decode_delta(wire)
+    assert back == delta
+    assert apply_delta(old, back) == new
+
+
+def test_small_or_rewritten_files_travel_whole() -> None:
+    old = Manifest.build(1, SMALL, [fe("small", 100, 100), big_file("big", 100)])
+    rewritten = FileEntry.build(
+        "big", 25600, 0o644, 1, [Chunk(hash_chunk(b"x%d" % i), 256) for i in range(100)]
+    )
+    new = Manifest.build(2, SMALL, [fe("small", 100, 50, 50), rewritten])
+    delta = make_delta(old, new)
+    assert all(isinstance(e, FileEntry) for e in delta.upserts)
+    assert apply_delta(old, decode_delta(encode_delta(delta))) == new
+
+
+def _edit_delta(edit: FileEdit) -> bytes:
+    return encode_delta(ManifestDelta(1, 2, SMALL, (edit,), ()))
+
+
+def test_an_edit_of_another_base_version_is_refused() -> None:
+    old = Manifest.build(1, SMALL, [big_file("big", 200)])
+    new = Manifest.build(2, SMALL, [big_file("big", 200, {5: H[1]})])
+    delta = make_delta(old, new)
+    other_base = Manifest.build(1, SMALL, [big_file("big", 200, {9: H[2]})])
+    with pytest.raises(ManifestError, match="another version of it"):
+        apply_delta(other_base, decode_delta(encode_delta(delta)))
+    gone = Manifest.build(1, SMALL, [])
+    with pytest.raises(ManifestError, match="another version of it"):
+        apply_delta(gone, decode_delta(encode_delta(delta)))
+
+
+def test_a_lying_edit_is_refused() -> None:
+    base_entry = big_file("big", 200)
+    base = Manifest.build(1, SMALL, [base_entry])
+    target = big_file("big", 200, {5: H[1]})
+    good = FileEdit(
+        "big",
+        target.size,
+        0o644,
+        0,
+        base_entry.digest,
+        ((0, 5), (H[1], (256,)), (6, 194)),
+        target.digest,
+    )
+    assert apply_delta(base, decode_delta(_edit_delta(good))).entries["big"] == target
+    cases = [
+        (((0, 5), (H[2], (256,)), (6, 194)), "digest does not match"),  # another chunk
+        (((0, 200), (0, 200)), "lengths sum to"),  # twice the file
+        (((150, 100),), "outside the old list"),
+        (((0, 200),) * 1000, "more than"),  # far more chunks than the size allows
+    ]
+    for ops, match in cases:
+        bad = FileEdit("big", target.size, 0o644, 0, base_entry.digest, ops, target.digest)
+        with pytest.raises(ManifestError, match=match):
+            apply_delta(base, decode_delta(_edit_delta(bad)))
+
+
+def test_edits_are_not_allowed_in_a_full_manifest() -> None:
+    raw = ["sift-manifest", 1, 1, list(SMALL.as_tuple()), [[3, "f", 1, 0, 0, H[0], [[0, 1]], H[1]]]]
+    with pytest.raises(ManifestError, match="unknown kind 3"):
+        decode_manifest(msgpack.packb(raw, use_bin_type=True))
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ([3, "../x", 256, 0o644, 0, H[0], [[0, 1]], H[1]], "'..'|parent"),
+        ([3, "f", 256, 0o644, 0, b"short", [[0, 1]], H[1]], "base_digest"),
+        ([3, "f", 256, 0o644, 0, H[0], [], H[1]], "non-empty array"),
+        ([3, "f", 256, 0o644, 0, H[0], [[H[0], [5000]]], H[1]], "not in \\[1, 1024\\]"),
+        ([3, "f", 256, 0o644, 0, H[0], [[0, 1]]], "must have 8 items"),
+    ],
+)
+def test_malformed_edits_in_a_delta_are_refused(entry: list[Any], match: str) -> None:
+    raw = ["sift-delta", 1, 1, 2, list(SMALL.as_tuple()), [entry], []]
+    with pytest.raises(ManifestError, match=match):
+        decode_delta(msgpack.packb(raw, use_bin_type=True))

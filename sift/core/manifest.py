@@ -12,6 +12,11 @@ so one manifest always encodes to the same bytes::
     entry    = [0, path, size, mode, mtime_ns, hashes, [length, ...], digest]   # file
              | [1, path, mode]                                                   # directory
              | [2, path, target]                                                 # symlink
+             | [3, path, size, mode, mtime_ns, base_digest, edits, digest]       # file edit
+
+A file edit (deltas only) gives a changed file's chunk list as edits of the version in the
+base manifest, whose digest it names (``sift.core.chunk_edits``): a small change to a large
+file then costs a few runs and the new chunks, not its whole chunk list.
 
 ``hashes`` is one bin blob of the concatenated 32-byte chunk hashes, so a chunk ref costs about
 36 bytes. Decoding trusts nothing: every type, bound, path and digest is checked and any problem
@@ -42,6 +47,14 @@ import msgpack
 from blake3 import blake3
 
 from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
+from sift.core.chunk_edits import (
+    ChunkEditError,
+    Op,
+    apply_packed,
+    checked_ops,
+    edit_ops,
+    worth_sending,
+)
 from sift.core.chunk_index import ChunkIndex, ChunkLocation  # noqa: F401 (callers import it here)
 from sift.core.paths import (
     MAX_PATH_BYTES,
@@ -57,6 +70,9 @@ FORMAT_VERSION = 1
 KIND_FILE = 0
 KIND_DIR = 1
 KIND_SYMLINK = 2
+KIND_FILE_EDIT = 3
+# Files with fewer chunks always travel whole in a delta: their list is small anyway.
+EDIT_MIN_CHUNKS = 32
 
 MAX_FILE_SIZE = 2**50  # 1 PiB: far beyond any real file, small enough to rule out nonsense
 MODE_MASK = 0o7777  # permission bits only; the kind is carried by the entry type
@@ -317,6 +333,41 @@ class SymlinkEntry:
 Entry = FileEntry | DirEntry | SymlinkEntry
 
 
+@dataclass(frozen=True, slots=True)
+class FileEdit:
+    """In a delta only: a file whose chunk list is given as edits (``ops``) of the entry with
+    digest ``base_digest`` in the base manifest. :func:`apply_delta` turns it into the
+    FileEntry, refusing it unless the rebuilt list has exactly ``digest``."""
+
+    path: str
+    size: int
+    mode: int
+    mtime_ns: int
+    base_digest: bytes
+    ops: tuple[Op, ...]
+    digest: bytes
+
+    def resolve(self, base: Entry | None, params: ChunkParams) -> FileEntry:
+        if not isinstance(base, FileEntry) or base.digest != self.base_digest:
+            raise ManifestError(
+                f"delta edits {self.path!r}, but the base manifest holds another version of it"
+            )
+        # Every chunk but a file's last is at least min_size long: a bound before building.
+        most = self.size // params.min_size + 1
+        try:
+            hashes, lengths = apply_packed(base.hashes, base.lengths, self.ops, most)
+        except ChunkEditError as exc:
+            raise ManifestError(f"delta entry {self.path!r}: {exc}") from None
+        entry = FileEntry(
+            self.path, self.size, self.mode, self.mtime_ns, hashes, lengths, self.digest
+        )
+        _check_entry(entry, params, "delta entry")  # lengths, their sum, and the digest
+        return entry
+
+
+Upsert = Entry | FileEdit
+
+
 def _sorted_entries(entries: Iterable[Entry]) -> MappingProxyType[str, Entry]:
     """Entries keyed by path in sorted order (str order == UTF-8 byte order for valid paths),
     read-only. Duplicate paths raise ManifestError."""
@@ -458,7 +509,7 @@ class ManifestDelta:
     base_version: int
     version: int
     params: ChunkParams
-    upserts: tuple[Entry, ...]  # sorted by path
+    upserts: tuple[Upsert, ...]  # sorted by path
     removed: tuple[str, ...]  # sorted
 
 
@@ -470,8 +521,26 @@ def make_delta(old: Manifest, new: Manifest) -> ManifestDelta:
     if new.version <= old.version:
         raise ManifestError(f"delta must move forward, got {old.version} -> {new.version}")
     d = diff(old, new)
-    upserts = tuple(new.entries[p] for p in sorted(d.added + d.changed))
+    upserts = tuple(
+        _as_edit(old.entries.get(p), new.entries[p]) for p in sorted(d.added + d.changed)
+    )
     return ManifestDelta(old.version, new.version, new.params, upserts, d.removed)
+
+
+def _as_edit(before: Entry | None, after: Entry) -> Upsert:
+    """`after` as edits of `before` when both are files and the edits are much smaller."""
+    if not (
+        isinstance(before, FileEntry)
+        and isinstance(after, FileEntry)
+        and after.chunk_count >= EDIT_MIN_CHUNKS
+    ):
+        return after
+    ops = edit_ops(before.chunks, after.chunks)
+    if not ops or not worth_sending(ops, after.chunk_count):
+        return after
+    return FileEdit(
+        after.path, after.size, after.mode, after.mtime_ns, before.digest, ops, after.digest
+    )
 
 
 def apply_delta(base: Manifest, delta: ManifestDelta) -> Manifest:
@@ -491,11 +560,14 @@ def apply_delta(base: Manifest, delta: ManifestDelta) -> Manifest:
             raise ManifestError(f"delta removes {path!r}, which is not in the base manifest")
         del entries[path]
     upserted: set[str] = set()
-    for entry in delta.upserts:
-        if entry.path in upserted:
-            raise ManifestError(f"delta lists {entry.path!r} twice")
-        upserted.add(entry.path)
-        entries[entry.path] = entry
+    for upsert in delta.upserts:
+        if upsert.path in upserted:
+            raise ManifestError(f"delta lists {upsert.path!r} twice")
+        upserted.add(upsert.path)
+        if isinstance(upsert, FileEdit):
+            entries[upsert.path] = upsert.resolve(base.entries.get(upsert.path), delta.params)
+        else:
+            entries[upsert.path] = upsert
     result = Manifest(delta.version, delta.params, entries)
     # Only upserted paths can break the tree shape, so only they are checked: cost follows the
     # change. An upsert must not sit under a file/symlink, and a file/symlink upsert must not
@@ -558,6 +630,24 @@ def _check_entry(entry: Entry, params: ChunkParams, what: str = "manifest entry"
         raise ManifestError(f"{where}: digest does not match the chunk list")
 
 
+def _check_edit(edit: FileEdit, params: ChunkParams) -> None:
+    """What can be checked about a file edit without its base (apply_delta checks the rest)."""
+    try:
+        validate_path(edit.path)
+    except UnsafePathError as exc:
+        raise ManifestError(f"delta entry: {exc}") from None
+    where = f"delta entry {edit.path!r}"
+    _check_file_fields(edit.size, edit.mode, edit.mtime_ns, where)
+    for name in ("base_digest", "digest"):
+        value = getattr(edit, name)
+        if type(value) is not bytes or len(value) != HASH_SIZE:
+            raise ManifestError(f"{where}: {name} must be {HASH_SIZE} bytes")
+    try:
+        checked_ops(list(edit.ops), params.max_size)
+    except ChunkEditError as exc:
+        raise ManifestError(f"{where}: {exc}") from None
+
+
 def _check_mode(mode: Any, where: str) -> None:
     if type(mode) is not int or not 0 <= mode <= MODE_MASK:
         raise ManifestError(f"{where}: mode must be an integer in [0, 0o7777], got {mode!r}")
@@ -600,7 +690,18 @@ def validate_manifest(manifest: Manifest) -> None:
 # --------------------------------------------------------------------------- encoding
 
 
-def _encode_entry(entry: Entry) -> list[Any]:
+def _encode_entry(entry: Upsert) -> list[Any]:
+    if isinstance(entry, FileEdit):
+        return [
+            KIND_FILE_EDIT,
+            entry.path,
+            entry.size,
+            entry.mode,
+            entry.mtime_ns,
+            entry.base_digest,
+            [[a, list(b) if isinstance(b, tuple) else b] for a, b in entry.ops],
+            entry.digest,
+        ]
     if isinstance(entry, FileEntry):
         return [
             KIND_FILE,
@@ -711,7 +812,10 @@ def encode_delta(delta: ManifestDelta) -> bytes:
     _check_delta_header(delta.base_version, delta.version)
     upserts = sorted(delta.upserts, key=lambda e: e.path)
     for entry in upserts:
-        _check_entry(entry, delta.params, "delta entry")
+        if isinstance(entry, FileEdit):
+            _check_edit(entry, delta.params)
+        else:
+            _check_entry(entry, delta.params, "delta entry")
     removed = sorted(delta.removed)
     for path in removed:
         _check_removed_path(path)
@@ -787,11 +891,14 @@ def _decode_params(value: Any) -> ChunkParams:
         raise ManifestError(f"invalid chunk params: {exc}") from None
 
 
-def _decode_entry(raw: Any, params: ChunkParams, what: str) -> Entry:
-    """One wire entry -> a fully checked Entry (types first, then _check_entry)."""
+def _decode_entry(raw: Any, params: ChunkParams, what: str, edits: bool = False) -> Upsert:
+    """One wire entry -> a fully checked Entry (types first, then _check_entry); with `edits`
+    (in a delta) also a FileEdit, checked as far as it can be without its base."""
     if type(raw) is not list or not raw:
         raise ManifestError(f"{what} must be a non-empty array")
     kind = raw[0]
+    if edits and kind == KIND_FILE_EDIT and type(kind) is int:
+        return _decode_edit(raw, params, what)
     if type(kind) is not int or kind not in (KIND_FILE, KIND_DIR, KIND_SYMLINK):
         raise ManifestError(f"{what} has unknown kind {kind!r}")
     expected = {KIND_FILE: 8, KIND_DIR: 3, KIND_SYMLINK: 3}[kind]
@@ -832,13 +939,29 @@ def _decode_entry(raw: Any, params: ChunkParams, what: str) -> Entry:
     return entry
 
 
-def _decode_entries(raw: Any, params: ChunkParams, what: str) -> list[Entry]:
+def _decode_edit(raw: list[Any], params: ChunkParams, what: str) -> FileEdit:
+    if len(raw) != 8:
+        raise ManifestError(f"{what} of kind {KIND_FILE_EDIT} must have 8 items, got {len(raw)}")
+    _, path, size, mode, mtime_ns, base_digest, ops, digest = raw
+    if type(path) is not str:
+        raise ManifestError(f"{what} path must be a string, got {type(path).__name__}")
+    try:
+        edit = FileEdit(
+            path, size, mode, mtime_ns, base_digest, checked_ops(ops, params.max_size), digest
+        )
+    except ChunkEditError as exc:
+        raise ManifestError(f"{what} {path!r}: {exc}") from None
+    _check_edit(edit, params)
+    return edit
+
+
+def _decode_entries(raw: Any, params: ChunkParams, what: str, edits: bool = False) -> list[Any]:
     """Decode an entry array, requiring strictly sorted paths (canonical form, and duplicates
-    show up as equal neighbours)."""
-    entries: list[Entry] = []
+    show up as equal neighbours). File edits only where `edits` (a delta)."""
+    entries: list[Upsert] = []
     previous: str | None = None
     for item in _expect_list(raw, None, f"{what} list"):
-        entry = _decode_entry(item, params, what)
+        entry = _decode_entry(item, params, what, edits)
         if previous is not None and entry.path <= previous:
             problem = "duplicate" if entry.path == previous else "out of order"
             raise ManifestError(f"{what} {entry.path!r}: {problem} (entries must be sorted)")
@@ -875,7 +998,7 @@ def _check_removed_path(path: Any) -> None:
         raise ManifestError(f"delta removed path: {exc}") from None
 
 
-def _check_delta_structure(upserts: list[Entry], removed: list[str]) -> None:
+def _check_delta_structure(upserts: list[Upsert], removed: list[str]) -> None:
     """Both lists strictly sorted (canonical, no duplicates), disjoint, and no upsert under a
     file or symlink upsert. ``removed`` items are already known to be valid paths."""
     for what, paths in (
@@ -900,7 +1023,7 @@ def decode_delta(data: bytes) -> ManifestDelta:
     top = _decode_header(_unpack(data, "delta"), DELTA_TAG, 7, "delta")
     _check_delta_header(top[2], top[3])
     params = _decode_params(top[4])
-    upserts = _decode_entries(top[5], params, "delta entry")
+    upserts = _decode_entries(top[5], params, "delta entry", edits=True)
     removed = _expect_list(top[6], None, "delta removed list")
     for path in removed:
         _check_removed_path(path)

@@ -274,7 +274,15 @@ class PeerDaemon:
             return decode_manifest(response.data)
         if base is None or response.base_version != base.version:
             raise ManifestError("the master sent a delta from a version we do not hold")
-        return apply_delta(base, decode_delta(response.data))
+        try:
+            return apply_delta(base, decode_delta(response.data))
+        except ManifestError as exc:
+            # E.g. a file edit naming a version of the file we do not have (a master that lost
+            # its state and reused version numbers): the whole manifest settles it.
+            log.warning("cannot apply the master's delta (%s); fetching the whole manifest", exc)
+            response = await channel.request(ManifestRequest(0, None))
+            assert isinstance(response, ManifestResponse)
+            return decode_manifest(response.data)
 
     # -- syncing ----------------------------------------------------------------------------
 

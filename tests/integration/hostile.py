@@ -22,6 +22,7 @@ from sift.protocol.messages import (
     ChunkResponse,
     Error,
     HoldingsReport,
+    ManifestPush,
     ManifestRequest,
     ManifestResponse,
     Message,
@@ -177,6 +178,62 @@ class PoisonMaster:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+
+
+class ScriptedMaster:
+    """A master with a script: whole manifests by version, a delta it answers with for a peer
+    that asks since `delta_from`, and real chunk bytes. `publish(v)` pushes version v."""
+
+    def __init__(self, psk: bytes, manifests: dict[int, bytes], chunks: dict[bytes, bytes]):
+        self.psk = psk
+        self.manifests = manifests
+        self.chunks = chunks
+        self.version = min(manifests)
+        self.delta: tuple[int, bytes] | None = None  # (base version, encoded delta)
+        self.requests: list[int | None] = []  # since_version of every ManifestRequest
+        self.channels: list[Channel] = []
+        self.port = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> ScriptedMaster:
+        self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _on_connect(self, reader, writer) -> None:
+        try:
+            channel = await accept(reader, writer, self.psk, "scripted", lambda: self.version)
+        except Exception:
+            writer.close()
+            return
+        self.channels.append(channel)
+        await channel.serve(self._serve)
+
+    async def publish(self, version: int) -> None:
+        self.version = version
+        for channel in self.channels:
+            if not channel.closed:
+                await channel.send(ManifestPush(version))
+
+    async def _serve(self, channel: Channel, msg: Message) -> Message | None:
+        if isinstance(msg, ManifestRequest):
+            self.requests.append(msg.since_version)
+            if self.delta is not None and msg.since_version == self.delta[0]:
+                return ManifestResponse(msg.req_id, self.version, self.delta[0], self.delta[1])
+            return ManifestResponse(msg.req_id, self.version, None, self.manifests[self.version])
+        if isinstance(msg, ChunkRequest):
+            found = tuple((h, self.chunks[h]) for h in msg.hashes if h in self.chunks)
+            missing = tuple(h for h in msg.hashes if h not in self.chunks)
+            return ChunkResponse(msg.req_id, found, missing, (), ())
+        if isinstance(msg, HoldingsReport):
+            return None
+        return Error(getattr(msg, "req_id", None), "unexpected", "scripted master")
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for channel in self.channels:
+            await channel.close()
 
 
 def pack(obj: Any) -> bytes:

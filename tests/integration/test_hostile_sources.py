@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sift.core.chunk import HASH_SIZE, Chunk
+from sift.core.chunk import DEFAULT_PARAMS, HASH_SIZE, Chunk
+from sift.core.chunker import chunk_bytes
 from sift.core.manifest import (
     FORMAT_VERSION,
     KIND_DIR,
@@ -21,10 +22,16 @@ from sift.core.manifest import (
     KIND_SYMLINK,
     MANIFEST_TAG,
     MAX_FILE_SIZE,
+    FileEdit,
+    FileEntry,
+    Manifest,
     chunk_list_digest,
+    encode_delta,
+    encode_manifest,
+    make_delta,
 )
 from tests.integration.cluster import Cluster, free_port, wait_for
-from tests.integration.hostile import LoopThread, LyingPeer, PoisonMaster, pack
+from tests.integration.hostile import LoopThread, LyingPeer, PoisonMaster, ScriptedMaster, pack
 
 
 @pytest.fixture
@@ -169,3 +176,60 @@ def test_poisoned_manifests_are_refused_whole_and_nothing_is_written(tmp_path, l
         cluster.close()
         for master in masters.values():
             loop_thread.call(master.stop())
+
+
+def test_a_delta_that_does_not_fit_our_manifest_falls_back_to_the_whole_one(tmp_path, loop_thread):
+    """A delta whose file edit names another version of the file than the one we hold (a master
+    that lost its state and reused version numbers) is not applied: the peer fetches the whole
+    manifest and converges to the master's real content."""
+    psk = "delta-test-key"
+    v1 = os.urandom(3_000_000)
+    v2 = bytearray(v1)
+    v2[1_500_000] ^= 0xFF
+    chunks: dict[bytes, bytes] = {}
+
+    def entry(data: bytes, mtime: int) -> FileEntry:
+        cut = chunk_bytes(data, DEFAULT_PARAMS)
+        offset = 0
+        for c in cut:
+            chunks[c.hash] = data[offset : offset + c.length]
+            offset += c.length
+        return FileEntry.build("big.bin", len(data), 0o644, mtime, cut)
+
+    e1, e2 = entry(v1, 10**18), entry(bytes(v2), 2 * 10**18)
+    m1 = Manifest.build(1, DEFAULT_PARAMS, [e1])
+    m2 = Manifest.build(2, DEFAULT_PARAMS, [e2])
+    # The delta edits a third version of big.bin the peer never had.
+    v3 = bytearray(v1)
+    v3[500_000] ^= 0xFF
+    other = Manifest.build(1, DEFAULT_PARAMS, [entry(bytes(v3), 5)])
+    delta = make_delta(other, m2)
+    assert isinstance(delta.upserts[0], FileEdit)  # a small edit of that other version
+    bad_delta = encode_delta(delta)
+    master = loop_thread.call(
+        ScriptedMaster(
+            psk.encode(), {1: encode_manifest(m1), 2: encode_manifest(m2)}, chunks
+        ).start()
+    )
+    cluster = Cluster(tmp_path / "c", psk=psk)
+    cluster.master_port = master.port
+    try:
+        peer = cluster.add_peer()
+        local = cluster.peers[0][1]
+        wait_for(lambda: _read(local / "big.bin") == v1, 30, "version 1 on the peer")
+        master.delta = (1, bad_delta)
+        loop_thread.call(master.publish(2))
+        wait_for(lambda: _read(local / "big.bin") == bytes(v2), 30, "version 2 on the peer")
+        assert master.requests[-2:] == [1, None]  # the delta, then the whole manifest
+        assert "cannot apply the master's delta" in peer.log_text()
+        assert "another version of it" in peer.log_text()
+    finally:
+        cluster.close()
+        loop_thread.call(master.stop())
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
