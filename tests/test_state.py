@@ -455,6 +455,19 @@ def test_local_index_synced_version_and_manifest(tmp_path: Path) -> None:
     conn.close()
 
 
+def test_synced_version_is_kept_in_memory_and_follows_rollbacks(tmp_path: Path) -> None:
+    conn = open_db(db_path(tmp_path / "state"), role="peer")
+    index = LocalIndex(conn)
+    index.set_synced_version(5)
+    with pytest.raises(KeyError), index.batch():
+        index.set_synced_version(9)
+        raise KeyError("x")
+    assert index.synced_version() == 5  # the rolled-back 9 is not believed
+    conn.close()
+    # A handshake finishing during shutdown may still ask: no closed-database error.
+    assert index.synced_version() == 5
+
+
 def test_local_index_ownership_flags(peer_db: sqlite3.Connection, tmp_path: Path) -> None:
     index = LocalIndex(peer_db)
     local_dir = tmp_path / "local"

@@ -123,6 +123,7 @@ class MasterDaemon:
         self.read_pool = ThreadPoolExecutor(1, thread_name_prefix="sift-read")
         self.distributor = Distributor()
         self.sessions: dict[str, PeerSession] = {}
+        self.stopping = False  # set by shutdown(): late handshakes are closed, not served
         self.current: Manifest = self.store.latest() or Manifest.build(0, config.params, [])
         self._encoded: dict[int, bytes] = {}
         self._deltas: dict[tuple[int, int], bytes] = {}
@@ -172,6 +173,7 @@ class MasterDaemon:
         )
 
     async def shutdown(self) -> None:
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         await asyncio.gather(
@@ -372,6 +374,9 @@ class MasterDaemon:
         old = self.sessions.get(hello.node_id)
         if old is not None:
             await old.channel.close("replaced by a newer connection")
+        if self.stopping:  # shut down while this one authenticated: it was not closed with the rest
+            await channel.close("master shutting down")
+            return
         self.sessions[hello.node_id] = session
         if hello.role == "peer":
             self.distributor.peer_joined(hello.node_id, addr)

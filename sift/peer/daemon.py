@@ -116,6 +116,7 @@ class PeerDaemon:
             update_in_place=config.update_in_place,
         )
         self.master: Channel | None = None
+        self.stopping = False
         self.master_version = 0
         self._master_ready = asyncio.Event()
         self._sync_needed = asyncio.Event()
@@ -177,6 +178,7 @@ class PeerDaemon:
         )
 
     async def shutdown(self) -> None:
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         channels = list(self._peer_channels.values()) + list(self._inbound)
@@ -506,6 +508,9 @@ class PeerDaemon:
         except (ProtocolError, TimeoutError, ConnectionError, OSError) as exc:
             log.warning("connection from %s:%s refused: %s", peer[0], peer[1], exc)
             writer.close()
+            return
+        if self.stopping:  # shut down while this one authenticated: it was not closed with the rest
+            await channel.close("peer shutting down")
             return
         self._inbound.add(channel)
         try:

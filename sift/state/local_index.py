@@ -49,6 +49,10 @@ class LocalIndex:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        # The synced version is asked for on every handshake, status and holdings report, and
+        # only this object changes it: kept in memory (also readable after the database has
+        # been closed at shutdown, while a last handshake completes).
+        self._synced: int | None = None
 
     # -- files -------------------------------------------------------------------------------
 
@@ -119,31 +123,42 @@ class LocalIndex:
     @contextlib.contextmanager
     def batch(self) -> Iterator[LocalIndex]:
         """Group writes into one transaction: all of them or (if the block raises) none."""
-        with transaction(self._conn):
-            yield self
+        try:
+            with transaction(self._conn):
+                yield self
+        except BaseException:
+            self._synced = None  # rolled back: read it again
+            raise
 
     # -- sync progress -----------------------------------------------------------------------
 
     def synced_version(self) -> int:
         """The manifest version local_dir last fully matched (0: never synced)."""
-        value = get_meta(self._conn, _SYNCED_VERSION, 0)
-        if type(value) is not int:
-            raise StateError(f"local index: damaged synced version {value!r}")
-        return value
+        if self._synced is None:
+            value = get_meta(self._conn, _SYNCED_VERSION, 0)
+            if type(value) is not int:
+                raise StateError(f"local index: damaged synced version {value!r}")
+            self._synced = value
+        return self._synced
 
     def set_synced_version(self, version: int) -> None:
         """Record that local_dir fully matches manifest ``version``."""
         if type(version) is not int or version < 0:
             raise ValueError(f"version must be a non-negative integer, got {version!r}")
         set_meta(self._conn, _SYNCED_VERSION, version)
+        self._synced = version
 
     def save_manifest(self, manifest: Manifest) -> None:
         """Record ``manifest`` as the last one fully applied, and its version as the synced one,
         atomically (the base for the next delta)."""
         data = encode_manifest(manifest)
-        with transaction(self._conn):
-            set_meta(self._conn, _APPLIED_MANIFEST, data)
-            self.set_synced_version(manifest.version)
+        try:
+            with transaction(self._conn):
+                set_meta(self._conn, _APPLIED_MANIFEST, data)
+                self.set_synced_version(manifest.version)
+        except BaseException:
+            self._synced = None
+            raise
 
     def load_manifest(self) -> Manifest | None:
         """The last fully applied manifest, or None."""
