@@ -84,12 +84,20 @@ class FileChunks:
     chunks: tuple[Chunk, ...]
 
 
+_checked: tuple[object, Callable[..., Iterator[Any]]] | None = None  # (module, its fastcdc_cy)
+
+
 def load_fastcdc() -> Callable[..., Iterator[Any]]:
     """Return the compiled ``fastcdc_cy`` function, or raise :class:`ChunkerUnavailable`.
 
-    Looked up on every call (a ``sys.modules`` hit after the first) rather than cached, so that
-    importing sift never fails on a broken install and tests can make it fail via sys.modules.
+    Checked on first use, not at import, so that importing sift never fails on a broken install.
+    Later calls only confirm ``sys.modules`` still holds the module that passed the check (a
+    dict lookup: this runs for every file), so tests can still make it fail via sys.modules.
     """
+    global _checked  # noqa: PLW0603 - a one-entry cache of the check below
+    checked = _checked
+    if checked is not None and sys.modules.get(_FASTCDC_MODULE) is checked[0]:
+        return checked[1]
     try:
         module = importlib.import_module(_FASTCDC_MODULE)
         compiled = isinstance(
@@ -100,6 +108,7 @@ def load_fastcdc() -> Callable[..., Iterator[Any]]:
         reason = f"{type(exc).__name__}: {exc}"
     else:
         if func is not None:
+            _checked = (module, func)
             return func
         reason = f"{_FASTCDC_MODULE} is not a compiled extension"
     raise ChunkerUnavailable(
