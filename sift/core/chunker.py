@@ -229,8 +229,9 @@ def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chu
     max_size = params.max_size
     block = min(size, max(READ_BLOCK, 4 * max_size))
     buf = _read_buffer(block)
-    if hasattr(os, "posix_fadvise"):
-        # Bigger readahead on cold files (what MADV_SEQUENTIAL did for the old mmap).
+    if size > block and hasattr(os, "posix_fadvise"):
+        # Bigger readahead on cold files (what MADV_SEQUENTIAL did for the old mmap); a file
+        # read in one go gains nothing from it, and a scan meets thousands of those.
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
     chunks: list[Chunk] = []
     append = chunks.append
@@ -246,18 +247,19 @@ def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chu
                 filled += n
                 read += n
             at_end = read == size
-            taken = 0
+            taken = 0  # where the next chunk starts; >= max_size bytes follow it (see above)
             with whole[:filled] as data:
                 spans = cut(data, params.min_size, params.avg_size, max_size)
                 try:
                     for span in spans:
-                        start = span.offset
-                        if not at_end and filled - start < max_size:
-                            break  # this cut could move once more bytes are in: redo it
                         length = span.length
-                        with data[start : start + length] as piece:
+                        with data[taken : taken + length] as piece:
                             append(Chunk(hash_(piece), length))
-                        taken = start + length
+                        taken += length
+                        if not at_end and filled - taken < max_size:
+                            # The next cut could move once more bytes are in: stop before
+                            # fastcdc computes it, and cut it with the next block.
+                            break
                 finally:
                     spans.close()  # release fastcdc's views of buf before it is moved
             if at_end:
