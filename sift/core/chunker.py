@@ -17,7 +17,9 @@ Design notes, so nobody has to re-measure them:
   moves to the front and is cut again with the next block.
 * Cutting and hashing run serially on one thread. blake3 does release the GIL, but fastcdc_cy
   holds it for the whole cut, so a hashing thread waits out the interpreter's switch interval
-  on every chunk: measured, a one-worker pipeline was ~10% *slower* than serial.
+  on every chunk: measured, a one-worker pipeline was ~10% *slower* than serial, and two
+  threads each chunking their own files ~25% slower. A scan with much to hash uses a second
+  *process* instead (``sift.chunk_pool``).
 """
 
 from __future__ import annotations
