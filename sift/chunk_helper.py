@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 
 from sift.core.chunk import ChunkParams
-from sift.core.chunker import FileChunks, UnstableFileError, chunk_file
+from sift.core.chunker import FileChunks, UnstableFileError, chunk_file, load_fastcdc
 
 __all__ = ["Outcome", "chunk_one", "encode_frame", "read_frame", "write_all"]
 
@@ -69,6 +69,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     replies = os.dup(1)
     os.dup2(2, 1)  # a stray print must not corrupt the reply stream
+    load_fastcdc()  # import it now, while the master is still walking its tree
     try:
         while True:
             params, paths = read_frame(0)

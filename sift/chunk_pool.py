@@ -35,7 +35,7 @@ from sift.chunk_helper import Outcome, chunk_one, encode_frame, read_frame, writ
 from sift.core.chunk import ChunkParams
 from sift.core.chunker import FileChunks, chunk_file
 
-__all__ = ["Job", "chunk_jobs", "helper_cpus"]
+__all__ = ["Helper", "Job", "chunk_jobs", "helper_cpus", "start_helper"]
 
 log = logging.getLogger("sift.scan")
 
@@ -57,41 +57,48 @@ def helper_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def start_helper() -> Helper | None:
+    """Start a helper process now (it imports the chunker while the caller finishes its walk);
+    None, after a warning, if it cannot be started."""
+    helper: Helper = Helper()
+    return helper if helper.start() else None
+
+
 def chunk_jobs(
     jobs: Sequence[Job[K]],
     params: ChunkParams,
     *,
     chunk: Callable[[str, ChunkParams], FileChunks] = chunk_file,
-    helper: bool,
+    helper: Helper | None = None,
 ) -> Iterator[tuple[K, Outcome]]:
     """Chunk every job's file, yielding ``(key, outcome)`` as each finishes, on the calling thread.
 
-    ``chunk`` chunks a file on this thread (``chunk_file`` or a wrapper of it); with ``helper``
-    set, a helper process (always ``chunk_file``) takes units from the same queue meanwhile.
+    ``chunk`` chunks a file on this thread (``chunk_file`` or a wrapper of it). A ``helper``
+    (from :func:`start_helper`, which always uses ``chunk_file``) takes units from the same queue
+    meanwhile; it is stopped when the iteration ends.
     """
     units = _units(jobs)
-    if not helper:
+    if helper is None:
         for unit in units:
             for key, path, _size in unit:
                 yield key, chunk_one(path, params, chunk)
         return
-    pool = _HelperPool(units, params)
     try:
-        pool.start()
+        helper.feed(units, params)
         while True:
-            unit = pool.take()
+            unit = helper.take()
             if unit is not None:
                 for key, path, _size in unit:
                     yield key, chunk_one(path, params, chunk)
-                yield from pool.finished(block=False)
-            elif pool.feeding():
-                yield from pool.finished(block=True)
+                yield from helper.finished(block=False)
+            elif helper.feeding():
+                yield from helper.finished(block=True)
             else:
-                yield from pool.finished(block=False)
-                if not pool.pending():  # the helper may have handed units back as it died
+                yield from helper.finished(block=False)
+                if not helper.pending():  # the helper may have handed units back as it died
                     return
     finally:
-        pool.stop()
+        helper.stop()
 
 
 def _units(jobs: Sequence[Job[K]]) -> list[list[Job[K]]]:
@@ -128,14 +135,14 @@ def _unit_bytes(unit: list[Job[K]]) -> int:
     return sum(job[2] for job in unit)
 
 
-class _HelperPool(Generic[K]):
-    """The shared unit queue, the helper process and the thread that feeds it."""
+class Helper(Generic[K]):
+    """The helper process, the queue of units it shares with the caller, and its feeder thread."""
 
     _DONE = object()  # the feeder thread's last message
 
-    def __init__(self, units: list[list[Job[K]]], params: ChunkParams) -> None:
-        self._units = deque(units)
-        self._params = params
+    def __init__(self) -> None:
+        self._units: deque[list[Job[K]]] = deque()
+        self._params: ChunkParams | None = None
         self._lock = threading.Lock()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._proc: subprocess.Popen | None = None
@@ -145,12 +152,20 @@ class _HelperPool(Generic[K]):
         self._thread: threading.Thread | None = None
         self._feeding = False
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the process; False (after a warning) if it cannot be."""
         try:
             self._spawn()
         except (OSError, ValueError, TypeError) as exc:  # e.g. no usable sys.executable
             log.warning("cannot start the hashing helper (%s); hashing on one core", exc)
-            return
+            return False
+        return True
+
+    def feed(self, units: list[list[Job[K]]], params: ChunkParams) -> None:
+        """Queue the units and start handing them to the process."""
+        with self._lock:
+            self._units.extend(units)
+        self._params = params
         self._feeding = True
         self._thread = threading.Thread(target=self._feed, name="sift-chunk-feeder", daemon=True)
         self._thread.start()
@@ -243,8 +258,8 @@ class _HelperPool(Generic[K]):
             self._units.extendleft(reversed(units))
 
     def stop(self) -> None:
-        """Stop the feeder, then close the helper's stdin (it exits) and reap it."""
-        proc = self._proc
+        """Stop the feeder, then close the helper's stdin (it exits) and reap it. Idempotent."""
+        proc, self._proc = self._proc, None
         if proc is None:
             return
         if self._feeding:  # stopped early (the caller raised): fail the feeder's pipe I/O now

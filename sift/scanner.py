@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sift.chunk_pool import chunk_jobs, helper_cpus
+from sift.chunk_pool import Helper, chunk_jobs, helper_cpus, start_helper
 from sift.core.chunk import ChunkParams
 from sift.core.chunker import FileChunks, UnstableFileError, chunk_file
 from sift.core.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
@@ -78,19 +78,31 @@ class Scanner:
         result = ScanResult(entries=[])
         slots: list[Entry | None] = []  # walk order; None until a file is hashed (or skipped)
         to_hash: list[tuple[int, str, int]] = []  # (slot, relative path, size)
+        pending = 0  # bytes in to_hash
+        want_helper = self.helper_min_bytes is not None and helper_cpus() > 1
+        helper: Helper | None = None
         seen: set[str] = set()
-        with self.cache.batch():
-            for rel, st in self._walk():
-                seen.add(rel)
-                entry = self._entry_for(rel, st, previous, result)
-                if entry is _HASH:
-                    to_hash.append((len(slots), rel, st.st_size))
-                    slots.append(None)
-                elif entry is not None:
-                    slots.append(entry)
-            self._hash(to_hash, slots, previous, result)
-            for gone in self.cache.paths() - seen:
-                self.cache.remove(gone)
+        try:
+            with self.cache.batch():
+                for rel, st in self._walk():
+                    seen.add(rel)
+                    entry = self._entry_for(rel, st, previous, result)
+                    if entry is _HASH:
+                        to_hash.append((len(slots), rel, st.st_size))
+                        slots.append(None)
+                        pending += st.st_size
+                        if want_helper and pending >= self.helper_min_bytes:
+                            # Start it now: it gets ready while the walk goes on.
+                            want_helper = False
+                            helper = start_helper()
+                    elif entry is not None:
+                        slots.append(entry)
+                self._hash(to_hash, slots, previous, result, helper)
+                for gone in self.cache.paths() - seen:
+                    self.cache.remove(gone)
+        finally:
+            if helper is not None:
+                helper.stop()  # normally done already; not if the walk raised
         result.entries = [entry for entry in slots if entry is not None]
         result.seconds = time.monotonic() - started
         return result
@@ -170,6 +182,7 @@ class Scanner:
         slots: list[Entry | None],
         previous: dict[str, Entry],
         result: ScanResult,
+        helper: Helper | None,
     ) -> None:
         """Chunk the files the cache could not answer and put their entries in their slots."""
         if not to_hash:
@@ -177,11 +190,6 @@ class Scanner:
         # Before any read: a file modified less than RACY_WINDOW_NS before this may change again
         # within its timestamp tick unnoticed, so it is not cached (read time >= this time).
         hash_started_ns = time.time_ns()
-        helper = (
-            self.helper_min_bytes is not None
-            and sum(size for _slot, _rel, size in to_hash) >= self.helper_min_bytes
-            and helper_cpus() > 1
-        )
         jobs = [((slot, rel), os.path.join(self.root, rel), size) for slot, rel, size in to_hash]
         unstable: list[tuple[int, str]] = []
         outcomes = chunk_jobs(jobs, self.params, chunk=_chunk_here, helper=helper)

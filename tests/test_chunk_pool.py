@@ -14,7 +14,7 @@ import pytest
 
 import sift.chunk_pool as pool_mod
 import sift.scanner as scanner_mod
-from sift.chunk_pool import _HelperPool, _units, chunk_jobs
+from sift.chunk_pool import Helper, _units, chunk_jobs, start_helper
 from sift.core.chunk import ChunkParams
 from sift.core.chunker import FileChunks, UnstableFileError, chunk_file
 from sift.scanner import Scanner
@@ -85,16 +85,17 @@ def test_helper_chunks_exactly_like_this_process(
     jobs = [(i, p, os.path.getsize(p)) for i, p in enumerate(paths)]
     jobs.append((len(jobs), str(tree / "missing"), 10))
     jobs.append((len(jobs), str(tree / "small"), 10))  # a directory
-    pool = _HelperPool(_units(jobs), PARAMS)
+    helper = start_helper()
+    assert helper is not None
     got = {}
     try:
-        pool.start()
-        assert pool.feeding()
-        while pool.feeding():
-            got.update(pool.finished(block=True))
+        helper.feed(_units(jobs), PARAMS)
+        assert helper.feeding()
+        while helper.feeding():
+            got.update(helper.finished(block=True))
     finally:
-        pool.stop()
-    assert not pool.pending()
+        helper.stop()
+    assert not helper.pending()
     assert sorted(got) == [key for key, _path, _size in jobs]
     for key, path in enumerate(paths):
         assert isinstance(got[key], FileChunks)
@@ -180,7 +181,7 @@ def test_an_error_on_this_thread_stops_the_helper(tree: Path) -> None:
     def broken(path: str, params: ChunkParams) -> FileChunks:
         raise RuntimeError("injected")
 
-    outcomes = chunk_jobs(jobs, PARAMS, chunk=broken, helper=True)
+    outcomes = chunk_jobs(jobs, PARAMS, chunk=broken, helper=start_helper())
     with pytest.raises(RuntimeError, match="injected"):
         for _ in outcomes:
             pass
@@ -190,13 +191,26 @@ def test_an_error_on_this_thread_stops_the_helper(tree: Path) -> None:
 def test_helper_is_not_started_for_little_work(tree: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(pool_mod, "HELPER_ARGV", ("/nonexistent/python",))
     started = []
-    real_start = _HelperPool.start
+    real_start = Helper.start
 
-    def start(self: _HelperPool) -> None:
+    def start(self: Helper) -> bool:
         started.append(self)
-        real_start(self)
+        return real_start(self)
 
-    monkeypatch.setattr(_HelperPool, "start", start)
+    monkeypatch.setattr(Helper, "start", start)
     result, _ = _scan(tree, tmp_path, "s", 1 << 40)
     assert result.hashed_files == 303
     assert started == []
+
+
+def test_a_helper_started_during_the_walk_is_stopped_if_the_scan_fails(
+    tree: Path, tmp_path: Path, monkeypatch
+) -> None:
+    def fail(*args, **kwargs) -> None:
+        assert _children()  # the helper was started while walking
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(Scanner, "_hash", fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        _scan(tree, tmp_path, "s", 0)
+    assert _children() == set()
