@@ -8,9 +8,9 @@ plain ``python -m sift.chunk_helper`` that imports only the chunker (~20 MB resi
 one scan, and is started only when there is enough to hash to repay its start-up (~50 ms).
 
 The helper takes units of paths on its stdin and answers on its stdout (``sift.chunk_helper``
-has the protocol); it exits when its stdin closes, so it never outlives the master for long. If
-it cannot start or dies, its units go back to the queue and the caller's thread finishes them:
-the scan never depends on the helper.
+has the protocol). The scan kills it when done (it holds nothing); if the master dies first, it
+exits as its stdin closes. If it cannot start or dies, its units go back to the queue and the
+caller's thread finishes them: the scan never depends on the helper.
 
 Units are taken largest first (a big file picked up last would leave one core idle at the end),
 small files grouped so a unit is worth a round trip. Results come back in completion order; the
@@ -27,6 +27,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
@@ -45,7 +46,6 @@ Job = tuple[K, str, int]  # (caller's key, absolute path, expected size)
 UNIT_BYTES = 4 << 20  # small files are grouped into units of about this many bytes...
 UNIT_FILES = 256  # ...or this many files
 PREFETCH_BYTES = 16 << 20  # queue a second unit at the helper while its first is smaller
-STOP_TIMEOUT = 5.0  # seconds to wait for the helper to exit once its stdin is closed
 HELPER_ARGV = (sys.executable, "-m", "sift.chunk_helper")
 
 
@@ -84,9 +84,12 @@ def chunk_jobs(
                 yield key, chunk_one(path, params, chunk)
         return
     try:
-        helper.feed(units, params)
+        if not units:
+            return
+        helper.feed(units[1:], params)
+        # The largest unit is ours: a lone big file must not wait for the helper to be ready.
+        unit: list[Job[K]] | None = units[0]
         while True:
-            unit = helper.take()
             if unit is not None:
                 for key, path, _size in unit:
                     yield key, chunk_one(path, params, chunk)
@@ -97,6 +100,7 @@ def chunk_jobs(
                 yield from helper.finished(block=False)
                 if not helper.pending():  # the helper may have handed units back as it died
                     return
+            unit = helper.take()
     finally:
         helper.stop()
 
@@ -151,9 +155,13 @@ class Helper(Generic[K]):
         self._recv = -1  # pipe from its stdout
         self._thread: threading.Thread | None = None
         self._feeding = False
+        self._started = 0.0  # time.monotonic() at start
+        self._done_files = 0  # files the helper answered
+        self._done_bytes = 0
 
     def start(self) -> bool:
         """Start the process; False (after a warning) if it cannot be."""
+        self._started = time.monotonic()
         try:
             self._spawn()
         except (OSError, ValueError, TypeError) as exc:  # e.g. no usable sys.executable
@@ -246,7 +254,10 @@ class Helper(Generic[K]):
                 outcomes = read_frame(self._recv)
                 if not isinstance(outcomes, list) or len(outcomes) != len(sent[0]):
                     raise ValueError(f"helper answered {outcomes!r:.80} to {len(sent[0])} files")
-                self._results.put((sent.popleft(), outcomes))
+                unit = sent.popleft()
+                self._done_files += len(unit)
+                self._done_bytes += _unit_bytes(unit)
+                self._results.put((unit, outcomes))
         except Exception as exc:  # EOF, a broken pipe, a garbled frame: the helper is lost
             self._give_back(sent)  # for the caller's thread
             log.warning("the hashing helper stopped (%s); hashing on one core", exc)
@@ -262,14 +273,17 @@ class Helper(Generic[K]):
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if self._feeding:  # stopped early (the caller raised): fail the feeder's pipe I/O now
-            proc.kill()
+        # It holds nothing: every unit it answered is in, the others were given back (a feeder
+        # still waiting on it fails at once). Not stdin EOF: it may still be importing.
+        proc.kill()
         if self._thread is not None:
             self._thread.join()
         os.close(self._send)  # only now: the feeder may not write to a closed (reused) fd
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
         os.close(self._recv)
+        proc.wait()
+        log.debug(
+            "hashing helper: %d file(s), %.1f MB in %.2fs",
+            self._done_files,
+            self._done_bytes / 1e6,
+            time.monotonic() - self._started,
+        )

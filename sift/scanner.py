@@ -91,7 +91,7 @@ class Scanner:
                         to_hash.append((len(slots), rel, st.st_size))
                         slots.append(None)
                         pending += st.st_size
-                        if want_helper and pending >= self.helper_min_bytes:
+                        if want_helper and pending >= self.helper_min_bytes and len(to_hash) > 1:
                             # Start it now: it gets ready while the walk goes on.
                             want_helper = False
                             helper = start_helper()

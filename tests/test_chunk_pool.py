@@ -200,6 +200,11 @@ def test_helper_is_not_started_for_little_work(tree: Path, tmp_path: Path, monke
     monkeypatch.setattr(Helper, "start", start)
     result, _ = _scan(tree, tmp_path, "s", 1 << 40)
     assert result.hashed_files == 303
+    # One file to hash, however big: the scan thread would take it before the helper is up.
+    lone = tmp_path / "lone"
+    _write(lone / "big.bin", b"x" * 100_000)
+    result, _ = _scan(lone, tmp_path, "lone-state", 0)
+    assert result.hashed_files == 1
     assert started == []
 
 
