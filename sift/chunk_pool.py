@@ -3,9 +3,10 @@
 Why a process and not a thread: fastcdc's compiled cut holds the GIL (it is ~60% of the work),
 and blake3 releases it for every chunk, so two chunking threads hand the GIL over twice per
 64 KiB chunk. Measured on the 2-core bench machine over the 1 GiB mixed tree: two threads were
-~25% *slower* than one, while one helper process made the scan ~1.4x faster. The helper is a
-plain ``python -m sift.chunk_helper`` that imports only the chunker (~20 MB resident), lives for
-one scan, and is started only when there is enough to hash to repay its start-up (~50 ms).
+~25% *slower* than one, while one helper process made the scan 1.5-1.75x faster when the second
+core was free (docs/performance.md, (e)). The helper is a plain ``python -m sift.chunk_helper``
+that imports only the chunker (~26 MB resident), lives for one scan, and is started only when
+there is enough to hash to repay its start-up (~50 ms of CPU).
 
 The helper takes units of paths on its stdin and answers on its stdout (``sift.chunk_helper``
 has the protocol). The scan kills it when done (it holds nothing); if the master dies first, it
@@ -155,6 +156,7 @@ class Helper(Generic[K]):
         self._recv = -1  # pipe from its stdout
         self._thread: threading.Thread | None = None
         self._feeding = False
+        self._stopping = False
         self._started = 0.0  # time.monotonic() at start
         self._done_files = 0  # files the helper answered
         self._done_bytes = 0
@@ -260,7 +262,8 @@ class Helper(Generic[K]):
                 self._results.put((unit, outcomes))
         except Exception as exc:  # EOF, a broken pipe, a garbled frame: the helper is lost
             self._give_back(sent)  # for the caller's thread
-            log.warning("the hashing helper stopped (%s); hashing on one core", exc)
+            if not self._stopping:  # not when stop() killed it (the caller gave up)
+                log.warning("the hashing helper stopped (%s); hashing on one core", exc)
         finally:
             self._results.put(self._DONE)
 
@@ -269,10 +272,11 @@ class Helper(Generic[K]):
             self._units.extendleft(reversed(units))
 
     def stop(self) -> None:
-        """Stop the feeder, then close the helper's stdin (it exits) and reap it. Idempotent."""
+        """Kill the helper, join the feeder, reap the helper. Idempotent."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        self._stopping = True
         # It holds nothing: every unit it answered is in, the others were given back (a feeder
         # still waiting on it fails at once). Not stdin EOF: it may still be importing.
         proc.kill()

@@ -174,7 +174,7 @@ def test_scan_finishes_on_this_thread_when_the_helper_fails(
     assert _children() == set()
 
 
-def test_an_error_on_this_thread_stops_the_helper(tree: Path) -> None:
+def test_an_error_on_this_thread_stops_the_helper(tree: Path, caplog) -> None:
     paths = sorted(str(p) for p in tree.rglob("*") if p.is_file())
     jobs = [(p, p, os.path.getsize(p)) for p in paths]
 
@@ -182,10 +182,14 @@ def test_an_error_on_this_thread_stops_the_helper(tree: Path) -> None:
         raise RuntimeError("injected")
 
     outcomes = chunk_jobs(jobs, PARAMS, chunk=broken, helper=start_helper())
-    with pytest.raises(RuntimeError, match="injected"):
+    with (
+        caplog.at_level(logging.WARNING, logger="sift.scan"),
+        pytest.raises(RuntimeError, match="injected"),
+    ):
         for _ in outcomes:
             pass
     assert _children() == set()
+    assert "hashing helper" not in caplog.text  # killing it on purpose is no news
 
 
 def test_helper_is_not_started_for_little_work(tree: Path, tmp_path: Path, monkeypatch) -> None:
