@@ -69,6 +69,7 @@ class Scanner:
         # None: never start a helper process (hash on this thread only).
         self.helper_min_bytes = helper_min_bytes
         self._warned: set[str] = set()
+        self._cache_empty = False  # set by each scan
 
     def scan(self, previous: dict[str, Entry] | None = None) -> ScanResult:
         """One pass over the tree. A file that changes while it is hashed keeps its previous
@@ -82,6 +83,9 @@ class Scanner:
         want_helper = self.helper_min_bytes is not None and helper_cpus() > 1
         helper: Helper | None = None
         seen: set[str] = set()
+        # An empty cache (a first scan) answers nothing: skip a query per file, and the search
+        # for paths that disappeared.
+        self._cache_empty = len(self.cache) == 0
         try:
             with self.cache.batch():
                 for rel, st in self._walk():
@@ -98,8 +102,9 @@ class Scanner:
                     elif entry is not None:
                         slots.append(entry)
                 self._hash(to_hash, slots, previous, result, helper)
-                for gone in self.cache.paths() - seen:
-                    self.cache.remove(gone)
+                if not self._cache_empty:
+                    for gone in self.cache.paths() - seen:
+                        self.cache.remove(gone)
         finally:
             if helper is not None:
                 helper.stop()  # normally done already; not if the walk raised
@@ -158,6 +163,8 @@ class Scanner:
         self, rel: str, st: os.stat_result, previous: dict[str, Entry], result: ScanResult
     ) -> Entry | object:
         """The file's entry from the cache, or ``_HASH``: it must be chunked."""
+        if self._cache_empty:
+            return _HASH
         cached = self.cache.is_fresh(rel, st.st_size, st.st_mtime_ns, st.st_ino, self.params)
         if cached is not None:
             result.cached_files += 1
