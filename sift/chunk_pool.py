@@ -185,6 +185,7 @@ class Helper(Generic[K]):
         rep_r, rep_w = os.pipe()
         try:
             env = dict(os.environ)
+            env.pop("SIFT_PSK", None)  # it reads files, it needs no key
             # The helper must import this very sift, however this interpreter found it.
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             self._proc = subprocess.Popen(
