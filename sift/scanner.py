@@ -4,6 +4,11 @@ The master scans `watched_dir` to publish manifests; a peer scans `local_dir` to
 already holds. The scan cache (SQLite) maps path -> (size, mtime_ns, inode) -> chunk list, so a
 restart or a rescan costs one stat per file plus hashing of the files that really changed. Runs in
 a worker thread: it blocks on disk and hashing.
+
+A scan walks the whole tree first (cheap: one lstat per entry), then hashes what the cache could not
+answer. When that is at least ``helper_min_bytes`` and the process may use two CPUs, a helper
+process hashes alongside this thread (``sift.chunk_pool``); the entries keep their walk order
+whoever hashed them, so the result is the same either way.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sift.chunk_pool import Helper, chunk_jobs, helper_cpus, start_helper
 from sift.core.chunk import ChunkParams
-from sift.core.chunker import UnstableFileError, chunk_file
+from sift.core.chunker import FileChunks, UnstableFileError, chunk_file
 from sift.core.manifest import DirEntry, Entry, FileEntry, SymlinkEntry
 from sift.core.paths import RESERVED_DIR, UnsafePathError, symlink_target_is_inside, validate_path
 from sift.state.scan_cache import ScanCache
@@ -26,6 +32,16 @@ log = logging.getLogger("sift.scan")
 # A file modified this recently may change again within the same timestamp tick without its
 # size or mtime moving ("racy git"); such files are hashed but not trusted from the cache yet.
 RACY_WINDOW_NS = 2_000_000_000
+# Hash this much or more and a helper process shares the work (its start-up costs ~50 ms).
+HELPER_MIN_BYTES = 64 << 20
+
+
+_HASH = object()  # _entry_for's answer for a file the cache cannot answer: chunk it
+
+
+def _chunk_here(path: str, params: ChunkParams) -> FileChunks:
+    # chunk_file looked up at call time, so tests can wrap it.
+    return chunk_file(path, params)
 
 
 @dataclass
@@ -39,11 +55,21 @@ class ScanResult:
 
 
 class Scanner:
-    def __init__(self, root: Path, cache: ScanCache, params: ChunkParams):
+    def __init__(
+        self,
+        root: Path,
+        cache: ScanCache,
+        params: ChunkParams,
+        *,
+        helper_min_bytes: int | None = HELPER_MIN_BYTES,
+    ):
         self.root = Path(root)
         self.cache = cache
         self.params = params
+        # None: never start a helper process (hash on this thread only).
+        self.helper_min_bytes = helper_min_bytes
         self._warned: set[str] = set()
+        self._cache_empty = False  # set by each scan
 
     def scan(self, previous: dict[str, Entry] | None = None) -> ScanResult:
         """One pass over the tree. A file that changes while it is hashed keeps its previous
@@ -51,15 +77,38 @@ class Scanner:
         started = time.monotonic()
         previous = previous or {}
         result = ScanResult(entries=[])
+        slots: list[Entry | None] = []  # walk order; None until a file is hashed (or skipped)
+        to_hash: list[tuple[int, str, int]] = []  # (slot, relative path, size)
+        pending = 0  # bytes in to_hash
+        want_helper = self.helper_min_bytes is not None and helper_cpus() > 1
+        helper: Helper | None = None
         seen: set[str] = set()
-        with self.cache.batch():
-            for rel, st in self._walk():
-                seen.add(rel)
-                entry = self._entry_for(rel, st, previous, result)
-                if entry is not None:
-                    result.entries.append(entry)
-            for gone in self.cache.paths() - seen:
-                self.cache.remove(gone)
+        # An empty cache (a first scan) answers nothing: skip a query per file, and the search
+        # for paths that disappeared.
+        self._cache_empty = len(self.cache) == 0
+        try:
+            with self.cache.batch():
+                for rel, st in self._walk():
+                    seen.add(rel)
+                    entry = self._entry_for(rel, st, previous, result)
+                    if entry is _HASH:
+                        to_hash.append((len(slots), rel, st.st_size))
+                        slots.append(None)
+                        pending += st.st_size
+                        if want_helper and pending >= self.helper_min_bytes and len(to_hash) > 1:
+                            # Start it now: it gets ready while the walk goes on.
+                            want_helper = False
+                            helper = start_helper()
+                    elif entry is not None:
+                        slots.append(entry)
+                self._hash(to_hash, slots, previous, result, helper)
+                if not self._cache_empty:
+                    for gone in self.cache.paths() - seen:
+                        self.cache.remove(gone)
+        finally:
+            if helper is not None:
+                helper.stop()  # normally done already; not if the walk raised
+        result.entries = [entry for entry in slots if entry is not None]
         result.seconds = time.monotonic() - started
         return result
 
@@ -95,7 +144,7 @@ class Scanner:
 
     def _entry_for(
         self, rel: str, st: os.stat_result, previous: dict[str, Entry], result: ScanResult
-    ) -> Entry | None:
+    ) -> Entry | object | None:
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             return DirEntry(path=rel, mode=stat.S_IMODE(mode))
@@ -112,7 +161,10 @@ class Scanner:
 
     def _file_entry(
         self, rel: str, st: os.stat_result, previous: dict[str, Entry], result: ScanResult
-    ) -> Entry | None:
+    ) -> Entry | object:
+        """The file's entry from the cache, or ``_HASH``: it must be chunked."""
+        if self._cache_empty:
+            return _HASH
         cached = self.cache.is_fresh(rel, st.st_size, st.st_mtime_ns, st.st_ino, self.params)
         if cached is not None:
             result.cached_files += 1
@@ -137,17 +189,42 @@ class Scanner:
                 hashes=cached.hashes,
                 lengths=cached.lengths,
             )
-        try:
-            chunks = chunk_file(os.path.join(self.root, rel), self.params)
-        except UnstableFileError:
-            result.unstable.append(rel)
-            return previous.get(rel)
-        except OSError as exc:
-            self._warn(rel, f"cannot read: {exc.strerror}")
-            return previous.get(rel)
+        return _HASH
+
+    def _hash(
+        self,
+        to_hash: list[tuple[int, str, int]],
+        slots: list[Entry | None],
+        previous: dict[str, Entry],
+        result: ScanResult,
+        helper: Helper | None,
+    ) -> None:
+        """Chunk the files the cache could not answer and put their entries in their slots."""
+        if not to_hash:
+            return
+        # Before any read: a file modified less than RACY_WINDOW_NS before this may change again
+        # within its timestamp tick unnoticed, so it is not cached (read time >= this time).
+        hash_started_ns = time.time_ns()
+        jobs = [((slot, rel), os.path.join(self.root, rel), size) for slot, rel, size in to_hash]
+        unstable: list[tuple[int, str]] = []
+        outcomes = chunk_jobs(jobs, self.params, chunk=_chunk_here, helper=helper)
+        for (slot, rel), outcome in outcomes:
+            if isinstance(outcome, FileChunks):
+                slots[slot] = self._hashed_entry(rel, outcome, hash_started_ns, result)
+            elif isinstance(outcome, UnstableFileError):
+                unstable.append((slot, rel))
+                slots[slot] = previous.get(rel)
+            else:
+                self._warn(rel, f"cannot read: {outcome.strerror}")
+                slots[slot] = previous.get(rel)
+        result.unstable.extend(rel for _slot, rel in sorted(unstable))  # in walk order
+
+    def _hashed_entry(
+        self, rel: str, chunks: FileChunks, hash_started_ns: int, result: ScanResult
+    ) -> FileEntry:
         result.hashed_files += 1
         result.hashed_bytes += chunks.size
-        if time.time_ns() - chunks.mtime_ns > RACY_WINDOW_NS:
+        if hash_started_ns - chunks.mtime_ns > RACY_WINDOW_NS:
             self.cache.put(rel, chunks)
         else:
             self.cache.remove(rel)

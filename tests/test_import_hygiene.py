@@ -27,6 +27,8 @@ LAYER = {
     "config": 1,
     "events": 1,
     "metrics": 1,
+    "chunk_helper": 1,
+    "chunk_pool": 2,
     "scanner": 2,
     "chunk_reader": 2,
     "net": 2,

@@ -17,7 +17,9 @@ Design notes, so nobody has to re-measure them:
   moves to the front and is cut again with the next block.
 * Cutting and hashing run serially on one thread. blake3 does release the GIL, but fastcdc_cy
   holds it for the whole cut, so a hashing thread waits out the interpreter's switch interval
-  on every chunk: measured, a one-worker pipeline was ~10% *slower* than serial.
+  on every chunk: measured, a one-worker pipeline was ~10% *slower* than serial, and two
+  threads each chunking their own files ~25% slower. A scan with much to hash uses a second
+  *process* instead (``sift.chunk_pool``).
 """
 
 from __future__ import annotations
@@ -84,12 +86,20 @@ class FileChunks:
     chunks: tuple[Chunk, ...]
 
 
+_checked: tuple[object, Callable[..., Iterator[Any]]] | None = None  # (module, its fastcdc_cy)
+
+
 def load_fastcdc() -> Callable[..., Iterator[Any]]:
     """Return the compiled ``fastcdc_cy`` function, or raise :class:`ChunkerUnavailable`.
 
-    Looked up on every call (a ``sys.modules`` hit after the first) rather than cached, so that
-    importing sift never fails on a broken install and tests can make it fail via sys.modules.
+    Checked on first use, not at import, so that importing sift never fails on a broken install.
+    Later calls only confirm ``sys.modules`` still holds the module that passed the check (a
+    dict lookup: this runs for every file), so tests can still make it fail via sys.modules.
     """
+    global _checked  # noqa: PLW0603 - a one-entry cache of the check below
+    checked = _checked
+    if checked is not None and sys.modules.get(_FASTCDC_MODULE) is checked[0]:
+        return checked[1]
     try:
         module = importlib.import_module(_FASTCDC_MODULE)
         compiled = isinstance(
@@ -100,6 +110,7 @@ def load_fastcdc() -> Callable[..., Iterator[Any]]:
         reason = f"{type(exc).__name__}: {exc}"
     else:
         if func is not None:
+            _checked = (module, func)
             return func
         reason = f"{_FASTCDC_MODULE} is not a compiled extension"
     raise ChunkerUnavailable(
@@ -220,8 +231,9 @@ def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chu
     max_size = params.max_size
     block = min(size, max(READ_BLOCK, 4 * max_size))
     buf = _read_buffer(block)
-    if hasattr(os, "posix_fadvise"):
-        # Bigger readahead on cold files (what MADV_SEQUENTIAL did for the old mmap).
+    if size > block and hasattr(os, "posix_fadvise"):
+        # Bigger readahead on cold files (what MADV_SEQUENTIAL did for the old mmap); a file
+        # read in one go gains nothing from it, and a scan meets thousands of those.
         os.posix_fadvise(fd, 0, size, os.POSIX_FADV_SEQUENTIAL)
     chunks: list[Chunk] = []
     append = chunks.append
@@ -237,18 +249,19 @@ def _chunk_fd(fd: int, size: int, params: ChunkParams, fspath: str) -> tuple[Chu
                 filled += n
                 read += n
             at_end = read == size
-            taken = 0
+            taken = 0  # where the next chunk starts; >= max_size bytes follow it (see above)
             with whole[:filled] as data:
                 spans = cut(data, params.min_size, params.avg_size, max_size)
                 try:
                     for span in spans:
-                        start = span.offset
-                        if not at_end and filled - start < max_size:
-                            break  # this cut could move once more bytes are in: redo it
                         length = span.length
-                        with data[start : start + length] as piece:
+                        with data[taken : taken + length] as piece:
                             append(Chunk(hash_(piece), length))
-                        taken = start + length
+                        taken += length
+                        if not at_end and filled - taken < max_size:
+                            # The next cut could move once more bytes are in: stop before
+                            # fastcdc computes it, and cut it with the next block.
+                            break
                 finally:
                     spans.close()  # release fastcdc's views of buf before it is moved
             if at_end:
