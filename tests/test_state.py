@@ -459,9 +459,14 @@ def test_synced_version_is_kept_in_memory_and_follows_rollbacks(tmp_path: Path) 
     conn = open_db(db_path(tmp_path / "state"), role="peer")
     index = LocalIndex(conn)
     index.set_synced_version(5)
-    with pytest.raises(KeyError), index.batch():
-        index.set_synced_version(9)
-        raise KeyError("x")
+
+    def failing_batch() -> None:
+        with index.batch():
+            index.set_synced_version(9)
+            raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        failing_batch()
     assert index.synced_version() == 5  # the rolled-back 9 is not believed
     conn.close()
     # A handshake finishing during shutdown may still ask: no closed-database error.
