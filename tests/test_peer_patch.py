@@ -12,6 +12,7 @@ import pytest
 from sift.core.manifest import FileEntry, Manifest
 from sift.peer import patch as patch_mod
 from sift.peer.assembly import Assembler
+from sift.peer.fetch import ManifestOutdated
 from sift.peer.patch import (
     SEALED_SUFFIX,
     UNSEALED_SUFFIX,
@@ -229,3 +230,23 @@ async def test_without_the_option_the_file_is_replaced(peer):
     assert report.files_patched == 0
     assert (local / "big.bin").stat().st_ino != before.st_ino
     assert (local / "big.bin").read_bytes() == new
+
+
+async def test_a_file_touched_during_the_sync_is_left_to_the_next_one(peer, tmp_path: Path):
+    """The live file changed between the scan and the patch (someone wrote to the mirror): it
+    is not patched, no journal is left to replay onto it, and the sync asks to start over."""
+    no_reflink(tmp_path)
+    local, cache = peer
+    old = blob(SIZE, 14)
+    new = flipped(old, SIZE // 2)
+    _place(local, "big.bin", old)
+
+    class TouchingSource(MemorySource):
+        async def ask_master(self, hashes, avoid):
+            os.utime(local / "big.bin", ns=(OLD_NS + 7, OLD_NS + 7))
+            return await super().ask_master(hashes, avoid)
+
+    with pytest.raises(ManifestOutdated, match="changed since it was scanned"):
+        await _sync(local, cache, TouchingSource(chunk_map(new)), {"big.bin": new}, True)
+    assert (local / "big.bin").read_bytes() == old
+    assert not [p for p in (local / ".sift" / "tmp").iterdir() if "patch" in p.name]

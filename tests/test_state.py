@@ -297,6 +297,13 @@ def test_manifest_store_streams_a_large_manifest(master_db: sqlite3.Connection) 
     assert store.load(3) == big
     store.save(manifest(4, "x"), encoded=encode_manifest(manifest(4, "x")))
     assert store.load(4) == manifest(4, "x")
+    # ...and read back in parts, for streaming to a peer.
+    assert store.encoded_size(3) == len(data)
+    parts = list(store.iter_encoded(3, part_size=100_000))
+    assert b"".join(parts) == data
+    assert max(map(len, parts)) == 100_000
+    assert store.encoded_size(99) is None
+    assert list(store.iter_encoded(99)) == []
 
 
 def test_manifest_store_refuses_an_invalid_manifest(master_db: sqlite3.Connection) -> None:

@@ -125,7 +125,6 @@ class MasterDaemon:
         self.sessions: dict[str, PeerSession] = {}
         self.stopping = False  # set by shutdown(): late handshakes are closed, not served
         self.current: Manifest = self.store.latest() or Manifest.build(0, config.params, [])
-        self._encoded: dict[int, bytes] = {}
         self._deltas: dict[tuple[int, int], bytes] = {}
         self._rescan = asyncio.Event()
         self._scan_lock = asyncio.Lock()
@@ -213,11 +212,10 @@ class MasterDaemon:
         del result, entries  # the manifest holds the entries now
         # Building the chunk index and summing the new chunks walk every chunk: off the loop.
         new_bytes = await asyncio.to_thread(_bytes_not_in, manifest, self.current)
-        # Encoded straight into the store in small parts and read back in one piece: a large
-        # manifest is never in memory twice (see docs/performance.md (f)).
+        # Encoded straight into the store in small parts, and streamed from there to peers: a
+        # large manifest is never whole in memory (see docs/performance.md (f)).
         self.store.save(manifest)
         previous, self.current = self.current, manifest
-        self._encoded = {version: self.store.load_encoded(version) or encode_manifest(manifest)}
         self._deltas.clear()
         # New files may sit at old paths: the reader must reopen them.
         self.read_pool.submit(self.reader.close)
@@ -408,7 +406,7 @@ class MasterDaemon:
         if isinstance(msg, ChunkRequest):
             return await self._serve_chunks(session, msg)
         if isinstance(msg, ManifestRequest):
-            return self._serve_manifest(msg)
+            return await self._serve_manifest(session, msg)
         if isinstance(msg, HoldingsReport):
             self._holdings(session, msg)
             return None
@@ -452,7 +450,12 @@ class MasterDaemon:
                 complete=state[1],
             )
 
-    def _serve_manifest(self, msg: ManifestRequest) -> ManifestResponse:
+    async def _serve_manifest(
+        self, session: PeerSession, msg: ManifestRequest
+    ) -> ManifestResponse | None:
+        """A delta from the peer's version when the store still has that version (kept in a
+        small cache: several peers usually ask for the same one), else the whole manifest,
+        streamed from the store."""
         current = self.current
         since = msg.since_version
         if since is not None and 0 < since < current.version:
@@ -467,10 +470,12 @@ class MasterDaemon:
                 return ManifestResponse(msg.req_id, current.version, since, data)
         # A peer already at the current version gets the whole manifest too: there is no empty
         # delta (a delta must move forward; encoding one failed, and the peer retried forever).
-        data = self._encoded.get(current.version)
-        if data is None:
-            data = self._encoded[current.version] = encode_manifest(current)
-        return ManifestResponse(msg.req_id, current.version, None, data)
+        size = self.store.encoded_size(current.version)
+        if size is None:  # version 0, before the first scan: nothing stored, nothing to stream
+            return ManifestResponse(msg.req_id, current.version, None, encode_manifest(current))
+        head = ManifestResponse(msg.req_id, current.version, None, b"")
+        await session.channel.send_streamed(head, size, self.store.iter_encoded(current.version))
+        return None
 
     async def _serve_chunks(self, session: PeerSession, msg: ChunkRequest) -> ChunkResponse | None:
         """Answer a chunk request. A response that only points elsewhere goes out at once; one

@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from sift import __version__
@@ -123,6 +123,31 @@ class Channel:
             self.writer.write(parts[0])
         else:
             self.writer.writelines(parts)
+        await self._drain()
+
+    async def send_streamed(self, msg: Message, size: int, parts: Iterable[bytes]) -> None:
+        """Send ``msg`` with its last field (``size`` bytes) taken from ``parts`` as they come,
+        draining between them: a manifest of hundreds of MB streams from the database without
+        ever being whole in memory. A source that yields other than ``size`` bytes cannot be
+        taken back mid-frame: the connection is dropped."""
+        if self.closed:
+            raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
+        head = self.conn.send_head(msg, size)
+        self.bytes_out += len(head) + size
+        self.writer.write(head)
+        sent = 0
+        for part in parts:
+            sent += len(part)
+            if sent > size:
+                break
+            self.writer.write(part)
+            await self._drain()
+        if sent != size:
+            self._abort(f"a streamed message had {sent} bytes, not the {size} announced")
+            raise ChannelClosed(f"connection to {self.peer_node_id} dropped mid-message")
+        await self._drain()
+
+    async def _drain(self) -> None:
         try:
             await asyncio.wait_for(self.writer.drain(), SEND_TIMEOUT)
         except TimeoutError:

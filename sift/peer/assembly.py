@@ -28,6 +28,7 @@ from sift.peer.patch import (
     SEALED_SUFFIX,
     UNSEALED_SUFFIX,
     Patch,
+    PatchError,
     apply_patch,
     build_patch,
     recover_patches,
@@ -419,10 +420,20 @@ class Assembler:
             part.path = journal
             sealed.append(part)
         self.fsync_dirs([str(self.tmp_dir)])
-        return [
-            (p.entry, apply_patch(p.path, self.local_dir, p.expect_mtime_ns, self.ensure_parent))
-            for p in sealed
-        ]
+        placed = []
+        for part in sealed:
+            try:
+                st = apply_patch(
+                    part.path, self.local_dir, part.expect_mtime_ns, self.ensure_parent
+                )
+            except PatchError:
+                # Someone changed the file since the scan: not ours to patch; the next sync
+                # scans it again and brings it to the master's version the usual way.
+                with contextlib.suppress(FileNotFoundError):
+                    part.path.unlink()
+                raise
+            placed.append((part.entry, st))
+        return placed
 
     def _seal(self, part: PartFile, fsync: bool) -> os.stat_result:
         """Durability, mode and mtime for one part at the commit (an empty file's part is

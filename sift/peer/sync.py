@@ -26,8 +26,8 @@ from sift.core.chunk import hash_chunk
 from sift.core.chunker import FileChunks
 from sift.core.manifest import ChunkLocation, DirEntry, FileEntry, Manifest
 from sift.peer.assembly import Assembler, PartFile
-from sift.peer.fetch import ChunkSource, Fetcher, FetchStats
-from sift.peer.patch import changed_chunks
+from sift.peer.fetch import ChunkSource, Fetcher, FetchStats, ManifestOutdated
+from sift.peer.patch import PatchError, changed_chunks
 from sift.peer.plan import SyncPlan, make_plan, reusable_runs
 from sift.scanner import Scanner
 from sift.state import ScanCache
@@ -189,7 +189,10 @@ class Syncer:
                 fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
                 report.fetch = await fetcher.fetch(needed)
             lap("fetch")
-            await asyncio.to_thread(self._commit, plan, parts, report)
+            try:
+                await asyncio.to_thread(self._commit, plan, parts, report)
+            except PatchError as exc:
+                raise ManifestOutdated(f"{exc}; syncing again") from None
             lap("commit")
         finally:
             self.progress = None

@@ -45,6 +45,7 @@ from sift.protocol.messages import (
     HelloAck,
     Message,
     decode_payload,
+    encode_frame_head,
     encode_message,
     encode_message_parts,
 )
@@ -205,6 +206,15 @@ class Connection:
         if self._pending:
             parts = (self.data_to_send() + parts[0], *parts[1:])
         return parts
+
+    def send_head(self, msg: Message, tail_size: int) -> bytes:
+        """:meth:`send` for a message whose last field (a ``bytes`` of ``tail_size`` bytes, e.g.
+        an encoded manifest read from disk in parts) the caller writes itself right after the
+        returned bytes; that field's value in ``msg`` is ignored. An open connection only."""
+        if self._check_sendable(msg) or self._state is not _State.OPEN:
+            raise RuntimeError("send_head() only on an open connection")
+        head = encode_frame_head(msg, tail_size, max_frame_size=self.max_frame_size)
+        return self.data_to_send() + head if self._pending else head
 
     def _check_sendable(self, msg: Message) -> bool:
         """RuntimeError/ValueError for a message not allowed now; True for the HelloAck that

@@ -59,6 +59,7 @@ __all__ = [
     "StatusResponse",
     "UInt",
     "decode_payload",
+    "encode_frame_head",
     "encode_message",
     "encode_message_parts",
     "encode_payload",
@@ -458,25 +459,50 @@ def encode_message_parts(
     large ``bytes`` (a ManifestResponse's encoded manifest, megabytes for a big tree), that
     object itself is the last piece instead of being copied twice, into the msgpack payload and
     into the frame. Same bytes on the wire as :func:`encode_message`."""
-    cls = type(msg)
-    if _BY_CODE.get(getattr(cls, "TYPE_CODE", -1)) is not cls:
-        raise TypeError(f"{cls.__name__} is not a registered message")
-    try:
-        fields = _CODECS[cls].encode(msg)
-    except _Invalid as exc:
-        raise ValueError(f"cannot encode {cls.__name__}{exc.path}: {exc.reason}") from None
+    fields = _fields(msg)
     big = fields[-1] if fields else None
     if type(big) is not bytes or len(big) < BIG_FIELD:
-        return (encode_message(msg, max_frame_size=max_frame_size),)
+        try:
+            payload = msgpack.packb([type(msg).TYPE_CODE, *fields], use_bin_type=True)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"cannot encode {type(msg).__name__}: {exc}") from None
+        return (encode_frame(payload, max_frame_size=max_frame_size),)
+    return _frame_head(msg, fields, len(big), max_frame_size), big
+
+
+def encode_frame_head(
+    msg: Message, tail_size: int, *, max_frame_size: int = DEFAULT_MAX_FRAME
+) -> bytes:
+    """The frame of ``msg`` up to its last field, a ``bytes`` of ``tail_size`` bytes that the
+    caller writes right after (so it can come from a file or a database in parts). The last
+    field's own value is ignored (pass ``b""``). ValueError if the frame would be too large."""
+    fields = _fields(msg)
+    if not fields or type(fields[-1]) is not bytes:
+        raise TypeError(f"{type(msg).__name__} does not end in a bytes field")
+    return _frame_head(msg, fields, tail_size, max_frame_size)
+
+
+def _frame_head(msg: Message, fields: list[Any], tail_size: int, max_frame_size: int) -> bytes:
+    cls = type(msg)
     try:
         head = [_array_header(len(fields) + 1), msgpack.packb(cls.TYPE_CODE)]
         head += [msgpack.packb(f, use_bin_type=True) for f in fields[:-1]]
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"cannot encode {cls.__name__}: {exc}") from None
-    head.append(b"\xc6" + len(big).to_bytes(4, "big"))  # bin 32: the field's header
+    head.append(b"\xc6" + tail_size.to_bytes(4, "big"))  # bin 32: the field's header
     prefix = b"".join(head)
-    header = frame_header(len(prefix) + len(big), max_frame_size=max_frame_size)
-    return header + prefix, big
+    return frame_header(len(prefix) + tail_size, max_frame_size=max_frame_size) + prefix
+
+
+def _fields(msg: Message) -> list[Any]:
+    """The message's fields as they go on the wire, validated."""
+    cls = type(msg)
+    if _BY_CODE.get(getattr(cls, "TYPE_CODE", -1)) is not cls:
+        raise TypeError(f"{cls.__name__} is not a registered message")
+    try:
+        return _CODECS[cls].encode(msg)
+    except _Invalid as exc:
+        raise ValueError(f"cannot encode {cls.__name__}{exc.path}: {exc.reason}") from None
 
 
 class _NotAllowed(ValueError):

@@ -8,7 +8,7 @@ version number is never reused, even after every stored manifest was deleted.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from sift.core.manifest import (
     Manifest,
@@ -117,6 +117,32 @@ class ManifestStore:
         if row is None:
             return None
         raise StateError(f"stored manifest {version} is damaged: its data is a {row[0]}")
+
+    def encoded_size(self, version: int) -> int | None:
+        """How many bytes manifest ``version`` encodes to, if it is stored."""
+        row = self._conn.execute(
+            "SELECT length(data) FROM manifests WHERE version = ? AND typeof(data) = 'blob'",
+            (version,),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def iter_encoded(self, version: int, part_size: int = 1 << 20) -> Iterator[bytes]:
+        """The stored bytes of manifest ``version`` in parts (to stream to a peer; the whole is
+        never in memory). Each part opens the blob anew, so no handle is held between parts
+        while the caller waits on a socket. Stops early if the version is pruned meanwhile
+        (the caller, which announced a size, then sees fewer bytes)."""
+        offset = 0
+        while True:
+            try:
+                with self._conn.blobopen("manifests", "data", version, readonly=True) as blob:
+                    blob.seek(offset)
+                    part = blob.read(part_size)
+            except sqlite3.OperationalError:
+                return
+            if not part:
+                return
+            offset += len(part)
+            yield part
 
     def versions(self) -> list[int]:
         """Stored versions, oldest first."""
