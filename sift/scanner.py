@@ -228,8 +228,13 @@ class Scanner:
             self.cache.put(rel, chunks)
         else:
             self.cache.remove(rel)
-        return FileEntry.build(
-            rel, chunks.size, stat.S_IMODE(chunks.mode), chunks.mtime_ns, chunks.chunks
+        return FileEntry.from_packed(
+            rel,
+            chunks.size,
+            stat.S_IMODE(chunks.mode),
+            chunks.mtime_ns,
+            hashes=chunks.hashes,
+            lengths=chunks.lengths,
         )
 
     def _warn(self, rel: str, message: str) -> None:

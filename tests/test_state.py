@@ -35,13 +35,13 @@ def chunks_of(*parts: bytes) -> tuple[Chunk, ...]:
 
 def file_chunks(*parts: bytes, mtime_ns: int = 1, inode: int = 42) -> FileChunks:
     chunks = chunks_of(*parts)
-    return FileChunks(
+    return FileChunks.from_chunks(
+        chunks,
         size=sum(c.length for c in chunks),
         mtime_ns=mtime_ns,
         inode=inode,
         mode=0o100644,
         params=DEFAULT_PARAMS,
-        chunks=chunks,
     )
 
 

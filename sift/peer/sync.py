@@ -362,6 +362,12 @@ class Syncer:
         self.cache.put(
             entry.path,
             FileChunks(
-                st.st_size, st.st_mtime_ns, st.st_ino, st.st_mode, target.params, entry.chunks
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ino,
+                st.st_mode,
+                target.params,
+                entry.hashes,
+                entry.lengths,
             ),
         )

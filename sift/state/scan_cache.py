@@ -15,7 +15,7 @@ from typing import Protocol
 from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
 from sift.core.manifest import LENGTH_CODE
 
-from ._codec import check_packed, decode_path, encode_path, pack_chunks, swap_lengths
+from ._codec import check_packed, decode_path, encode_path, swap_lengths
 from .db import StateError, transaction
 
 __all__ = ["CachedFile", "FileChunksLike", "ScanCache"]
@@ -35,7 +35,9 @@ class FileChunksLike(Protocol):
     @property
     def params(self) -> ChunkParams: ...
     @property
-    def chunks(self) -> tuple[Chunk, ...]: ...
+    def hashes(self) -> bytes: ...
+    @property
+    def lengths(self) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,8 @@ class ScanCache:
 
     def put(self, path: str, file_chunks: FileChunksLike) -> None:
         """Record (or replace) ``path``'s chunk list and the stat it was taken from."""
-        hashes, lengths = pack_chunks(file_chunks.chunks)
+        hashes, lengths = file_chunks.hashes, swap_lengths(file_chunks.lengths)
+        check_packed(hashes, lengths, path)
         p = file_chunks.params
         self._conn.execute(
             f"INSERT OR REPLACE INTO scan_cache (path, {_COLUMNS}) "
