@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -19,17 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.common import free_port
 from sift.control.client import ControlClient
 from sift.status import fetch_status
 
 PSK = "integration-test-key"
 DEFAULT_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toml_value(value: object) -> str:
