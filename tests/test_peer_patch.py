@@ -22,7 +22,6 @@ from sift.peer.patch import (
     read_patch,
 )
 from sift.peer.sync import LocalChunks, Syncer
-from sift.state import ScanCache, open_db
 from tests.test_peer_reuse import OLD_NS, PARAMS, MemorySource, blob, chunk_map, entry, flipped
 
 SIZE = 3_000_000  # above patch.MIN_SIZE
@@ -182,15 +181,6 @@ def read_patch_file(path: Path):
 # -- a whole sync ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def peer(tmp_path: Path):
-    local = tmp_path / "local"
-    local.mkdir()
-    db = open_db(tmp_path / "state" / "sift.db", role="peer")
-    yield local, ScanCache(db)
-    db.close()
-
-
 async def _sync(local: Path, cache, source, files: dict[str, bytes], in_place: bool):
     target = Manifest.build(2, PARAMS, [entry(p, d) for p, d in files.items()])
     chunks = LocalChunks(local)
@@ -201,9 +191,9 @@ async def _sync(local: Path, cache, source, files: dict[str, bytes], in_place: b
         chunks.reader.close()
 
 
-async def test_sync_patches_in_place_and_fetches_only_the_change(peer, tmp_path: Path):
+async def test_sync_patches_in_place_and_fetches_only_the_change(peer_store, tmp_path: Path):
     no_reflink(tmp_path)
-    local, cache = peer
+    local, cache = peer_store
     old = blob(SIZE, 12)
     new = flipped(old, SIZE // 2)
     before = _place(local, "big.bin", old)
@@ -221,8 +211,8 @@ async def test_sync_patches_in_place_and_fetches_only_the_change(peer, tmp_path:
     assert again.files_written == 0
 
 
-async def test_without_the_option_the_file_is_replaced(peer):
-    local, cache = peer
+async def test_without_the_option_the_file_is_replaced(peer_store):
+    local, cache = peer_store
     old = blob(SIZE, 13)
     new = flipped(old, 1000)
     before = _place(local, "big.bin", old)
@@ -232,11 +222,11 @@ async def test_without_the_option_the_file_is_replaced(peer):
     assert (local / "big.bin").read_bytes() == new
 
 
-async def test_a_file_touched_during_the_sync_is_left_to_the_next_one(peer, tmp_path: Path):
+async def test_a_file_touched_during_the_sync_is_left_to_the_next_one(peer_store, tmp_path: Path):
     """The live file changed between the scan and the patch (someone wrote to the mirror): it
     is not patched, no journal is left to replay onto it, and the sync asks to start over."""
     no_reflink(tmp_path)
-    local, cache = peer
+    local, cache = peer_store
     old = blob(SIZE, 14)
     new = flipped(old, SIZE // 2)
     _place(local, "big.bin", old)

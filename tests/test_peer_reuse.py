@@ -19,7 +19,7 @@ from sift.peer.assembly import Assembler
 from sift.peer.plan import Run, reusable_runs
 from sift.peer.sync import LocalChunks, Syncer
 from sift.protocol.messages import ChunkResponse
-from sift.state import ScanCache, open_db
+from sift.state import ScanCache
 
 PARAMS = ChunkParams(min_size=256, avg_size=1024, max_size=4096)
 OLD_NS = (int(time.time()) - 3600) * 1_000_000_000
@@ -154,15 +154,6 @@ def chunk_map(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-@pytest.fixture
-def peer(tmp_path: Path):
-    local = tmp_path / "local"
-    local.mkdir()
-    db = open_db(tmp_path / "state" / "sift.db", role="peer")
-    yield local, ScanCache(db)
-    db.close()
-
-
 async def _sync(local: Path, cache: ScanCache, source: MemorySource, files: dict[str, bytes]):
     target = Manifest.build(2, PARAMS, [entry(p, d) for p, d in files.items()])
     chunks = LocalChunks(local)
@@ -172,8 +163,8 @@ async def _sync(local: Path, cache: ScanCache, source: MemorySource, files: dict
         chunks.reader.close()
 
 
-async def test_edit_fetches_only_the_changed_chunks(peer):
-    local, cache = peer
+async def test_edit_fetches_only_the_changed_chunks(peer_store):
+    local, cache = peer_store
     old = blob(3_000_000, 7)
     new = flipped(old, 1_500_000)
     (local / "big.bin").write_bytes(old)
@@ -187,10 +178,10 @@ async def test_edit_fetches_only_the_changed_chunks(peer):
     assert report.bytes_reused + fetched == len(new)
 
 
-async def test_a_file_changed_during_the_sync_is_not_reused(peer, monkeypatch):
+async def test_a_file_changed_during_the_sync_is_not_reused(peer_store, monkeypatch):
     """The previous version is checked against what the scan saw before and after the kernel
     copy; when it differs, every chunk takes the verified path and the result is still exact."""
-    local, cache = peer
+    local, cache = peer_store
     old = blob(2_000_000, 8)
     new = flipped(old, 1_000_000)
     (local / "big.bin").write_bytes(old)
@@ -213,8 +204,8 @@ async def test_a_file_changed_during_the_sync_is_not_reused(peer, monkeypatch):
     assert report.bytes_copied_locally > 0
 
 
-async def test_small_changes_take_the_ordinary_path(peer):
-    local, cache = peer
+async def test_small_changes_take_the_ordinary_path(peer_store):
+    local, cache = peer_store
     old = blob(200_000, 9)  # under REUSE_MIN_BYTES
     new = flipped(old, 100_000)
     (local / "small.bin").write_bytes(old)
