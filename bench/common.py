@@ -4,10 +4,8 @@ tree comparison and statistics. Nothing here knows about a particular tool."""
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import threading
@@ -29,34 +27,6 @@ TOOL_PREFIXES = (".syncthing.", "~syncthing~")
 
 class BenchError(RuntimeError):
     """A scenario did not do what it must (a tool failed to converge, bytes differ)."""
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1 outside the kernel's ephemeral range: a port taken from that
-    range (bind to 0) can be handed to some process's outgoing connection before the daemon we
-    give it binds it (seen with 16 peers connecting at once: "address already in use")."""
-    low, _high = _ephemeral_range()
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(10_000, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # everything below the range is taken: fall back
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = f.read().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = POLL):

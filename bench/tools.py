@@ -27,7 +27,8 @@ import urllib.request
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from bench.common import BenchError, Proc, RssSampler, free_port, sent_from, wait_until
+from bench.common import BenchError, Proc, RssSampler, sent_from, wait_until
+from sift.net.ports import free_port
 from sift.status import fetch_status
 
 PSK = "bench-" + "k" * 26

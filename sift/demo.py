@@ -15,13 +15,13 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from sift.net.ports import free_port
 from sift.status import fetch_status, human_size
 
 PR_SET_PDEATHSIG = 1
@@ -33,12 +33,6 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_sample_dataset(root: Path, *, size_mb: int = 32, runs: int = 3, seed: int = 7) -> int:

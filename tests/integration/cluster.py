@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import free_port
 from sift.control.client import ControlClient
+from sift.net.ports import free_port
 from sift.status import fetch_status
 
 PSK = "integration-test-key"
