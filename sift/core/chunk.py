@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -55,3 +57,29 @@ class Chunk(NamedTuple):
 def hash_chunk(data: bytes | bytearray | memoryview) -> bytes:
     """The 32-byte BLAKE3 digest that names a chunk."""
     return blake3(data).digest()
+
+
+# A chunk list packed (FileEntry, FileChunks, the scan cache, chunk edits): the hashes
+# concatenated, and the lengths as native-endian u32 that array("I") and memoryview.cast("I")
+# read in C.
+LENGTH_CODE = "I"
+if array(LENGTH_CODE).itemsize != 4:  # pragma: no cover - every CPython platform has 4
+    raise ImportError("sift needs a 4-byte array('I')")
+
+
+def pack_chunk_list(chunks: Iterable[tuple[bytes, int]]) -> tuple[bytes, bytes]:
+    """(hashes, lengths) of a list of (hash, length) pairs."""
+    hashes = bytearray()
+    lengths = array(LENGTH_CODE)
+    for digest, length in chunks:
+        hashes += digest
+        lengths.append(length)
+    return bytes(hashes), lengths.tobytes()
+
+
+def unpack_chunk_list(hashes: bytes, lengths: bytes) -> tuple[Chunk, ...]:
+    """The packed list as ``Chunk`` tuples."""
+    return tuple(
+        Chunk(hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE], n)
+        for i, n in enumerate(memoryview(lengths).cast(LENGTH_CODE))
+    )

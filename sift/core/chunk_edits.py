@@ -20,9 +20,8 @@ from array import array
 from collections.abc import Sequence
 from typing import Any
 
-from sift.core.chunk import HASH_SIZE, Chunk
+from sift.core.chunk import HASH_SIZE, LENGTH_CODE, Chunk
 
-LENGTH_CODE = "I"  # the packed lengths' array type (as FileEntry's)
 Op = tuple[int, int] | tuple[bytes, tuple[int, ...]]
 
 # Send edits only when they are at most this share of the whole list's size on the wire.

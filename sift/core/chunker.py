@@ -37,9 +37,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sift.core.chunk import DEFAULT_PARAMS, HASH_SIZE, Chunk, ChunkParams, hash_chunk
-
-LENGTH_CODE = "I"  # packed chunk lengths: native u32, as in sift.core.manifest
+from sift.core.chunk import (
+    DEFAULT_PARAMS,
+    LENGTH_CODE,
+    Chunk,
+    ChunkParams,
+    hash_chunk,
+    pack_chunk_list,
+    unpack_chunk_list,
+)
 
 __all__ = [
     "ChunkerUnavailable",
@@ -104,21 +110,12 @@ class FileChunks:
         params: ChunkParams,
     ) -> FileChunks:
         """From a list of (hash, length) pairs (e.g. a manifest entry's chunks)."""
-        hashes = bytearray()
-        lengths = array(LENGTH_CODE)
-        for digest, length in chunks:
-            hashes += digest
-            lengths.append(length)
-        return cls(size, mtime_ns, inode, mode, params, bytes(hashes), lengths.tobytes())
+        return cls(size, mtime_ns, inode, mode, params, *pack_chunk_list(chunks))
 
     @property
     def chunks(self) -> tuple[Chunk, ...]:
         """The chunk list as ``Chunk`` tuples (built on each access)."""
-        lengths = memoryview(self.lengths).cast(LENGTH_CODE)
-        h = self.hashes
-        return tuple(
-            Chunk(h[i * HASH_SIZE : (i + 1) * HASH_SIZE], n) for i, n in enumerate(lengths)
-        )
+        return unpack_chunk_list(self.hashes, self.lengths)
 
 
 _checked: tuple[object, Callable[..., Iterator[Any]]] | None = None  # (module, its fastcdc_cy)

@@ -46,7 +46,7 @@ from typing import Any
 import msgpack
 from blake3 import blake3
 
-from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
+from sift.core.chunk import HASH_SIZE, LENGTH_CODE, Chunk, ChunkParams
 from sift.core.chunk_edits import (
     ChunkEditError,
     Op,
@@ -83,10 +83,6 @@ class ManifestError(ValueError):
     """A manifest or delta that is malformed, unsafe or inconsistent."""
 
 
-# Packed lengths are native-endian u32: array("I") and memoryview.cast("I") read them in C.
-LENGTH_CODE = "I"
-if array(LENGTH_CODE).itemsize != 4:  # pragma: no cover - every CPython platform has 4
-    raise ImportError("sift needs a 4-byte array('I')")
 _SMALL_DIGEST = 16  # up to this many chunks, update() per chunk beats interleaving in C
 _DIGEST_BLOCK = 1 << 13  # chunks interleaved per step (320 KB): a huge file costs no more
 # A FileEntry is its path plus one bytes object: this head, the digest, the hashes, the lengths.

@@ -16,8 +16,7 @@ import sys
 from array import array
 from collections.abc import Sequence
 
-from sift.core.chunk import HASH_SIZE, Chunk
-from sift.core.manifest import LENGTH_CODE
+from sift.core.chunk import HASH_SIZE, LENGTH_CODE, Chunk
 
 from .db import StateError
 

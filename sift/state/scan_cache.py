@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from sift.core.chunk import HASH_SIZE, Chunk, ChunkParams
-from sift.core.manifest import LENGTH_CODE
+from sift.core.chunk import Chunk, ChunkParams, unpack_chunk_list
 
 from ._codec import check_packed, decode_path, encode_path, swap_lengths
 from .db import StateError, transaction
@@ -57,11 +56,7 @@ class CachedFile:
     @property
     def chunks(self) -> tuple[Chunk, ...]:
         """The chunk list as ``Chunk`` tuples (built on each access)."""
-        lengths = memoryview(self.lengths).cast(LENGTH_CODE)
-        h = self.hashes
-        return tuple(
-            Chunk(h[i * HASH_SIZE : (i + 1) * HASH_SIZE], n) for i, n in enumerate(lengths)
-        )
+        return unpack_chunk_list(self.hashes, self.lengths)
 
 
 _COLUMNS = "size, mtime_ns, inode, mode, min_size, avg_size, max_size, hashes, lengths"
