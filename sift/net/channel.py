@@ -51,6 +51,7 @@ IDLE_TIMEOUT = 90.0  # nothing heard for this long (pings included): the peer is
 PING_INTERVAL = 20.0
 SEND_TIMEOUT = 60.0  # a peer that takes none of our bytes for this long is stuck: drop it
 MAX_UNREAD_PONGS = 1 << 20  # no pong while this much is queued (a pinger that never reads)
+MAX_QUEUED_FOR_ADVICE = 4 << 20  # send_nowait drops a message while this much is queued
 READ_SIZE = 1 << 20
 MAX_CONCURRENT_REQUESTS = 32  # per connection: a flood of requests waits, it does not pile up
 MAX_UNAUTHENTICATED = 64  # handshakes in progress at once per listener; more are refused
@@ -98,6 +99,9 @@ class Channel:
         self._tasks: set[asyncio.Task] = set()
         self.bytes_in = 0
         self.bytes_out = 0
+        # Held by send_streamed between the parts of one frame: nothing else may be written
+        # inside it (a ManifestPush in the middle of a streamed manifest corrupted the stream).
+        self._stream_lock = asyncio.Lock()
 
     @property
     def peer_node_id(self) -> str:
@@ -115,6 +119,9 @@ class Channel:
     # -- sending ----------------------------------------------------------------------------
 
     async def send(self, msg: Message) -> None:
+        if self._stream_lock.locked():
+            async with self._stream_lock:
+                pass  # the streamed frame is complete; write ours after it, with no await between
         if self.closed:
             raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
         parts = self.conn.send_parts(msg)  # a big manifest is written as it is, not copied
@@ -125,23 +132,38 @@ class Channel:
             self.writer.writelines(parts)
         await self._drain()
 
+    def send_nowait(self, msg: Message) -> bool:
+        """Queue an advisory one-way message without waiting for the other side to take it.
+        It is dropped (False) when the connection is closed, in the middle of a streamed frame,
+        or already has much queued: advice must never hold up the sender or grow a buffer
+        without bound."""
+        if self.closed or self._stream_lock.locked():
+            return False
+        if self.writer.transport.get_write_buffer_size() > MAX_QUEUED_FOR_ADVICE:
+            return False
+        parts = self.conn.send_parts(msg)
+        self.bytes_out += sum(len(p) for p in parts)
+        self.writer.writelines(parts)
+        return True
+
     async def send_streamed(self, msg: Message, size: int, parts: Iterable[bytes]) -> None:
         """Send ``msg`` with its last field (``size`` bytes) taken from ``parts`` as they come,
         draining between them: a manifest of hundreds of MB streams from the database without
         ever being whole in memory. A source that yields other than ``size`` bytes cannot be
         taken back mid-frame: the connection is dropped."""
-        if self.closed:
-            raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
-        head = self.conn.send_head(msg, size)
-        self.bytes_out += len(head) + size
-        self.writer.write(head)
-        sent = 0
-        for part in parts:
-            sent += len(part)
-            if sent > size:
-                break
-            self.writer.write(part)
-            await self._drain()
+        async with self._stream_lock:
+            if self.closed:
+                raise ChannelClosed(f"connection to {self.peer_node_id} is closed")
+            head = self.conn.send_head(msg, size)
+            self.bytes_out += len(head) + size
+            self.writer.write(head)
+            sent = 0
+            for part in parts:
+                sent += len(part)
+                if sent > size:
+                    break
+                self.writer.write(part)
+                await self._drain()
         if sent != size:
             self._abort(f"a streamed message had {sent} bytes, not the {size} announced")
             raise ChannelClosed(f"connection to {self.peer_node_id} dropped mid-message")
@@ -241,8 +263,8 @@ class Channel:
         if isinstance(msg, Ping):
             # No drain here: the reader must never wait on our own send buffer, or two sides
             # that both stopped reading while writing would wait on each other forever.
-            if self.closed:
-                return
+            if self.closed or self._stream_lock.locked():
+                return  # (mid-frame, the streamed bytes prove we are alive)
             # A peer that pings but reads nothing would grow our buffer without bound; while
             # much is queued it gets no pong (our queued bytes prove we are alive anyway).
             if self.writer.transport.get_write_buffer_size() <= MAX_UNREAD_PONGS:
@@ -292,7 +314,7 @@ class Channel:
             return
         self._closed.set()
         self._close_reason = reason
-        if send_goodbye:
+        if send_goodbye and not self._stream_lock.locked():  # never inside a streamed frame
             with contextlib.suppress(Exception):
                 self.writer.write(self.conn.send(Goodbye(reason)))
                 await asyncio.wait_for(self.writer.drain(), 2.0)

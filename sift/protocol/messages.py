@@ -37,6 +37,7 @@ __all__ = [
     "Auth",
     "ByteLength",
     "Challenge",
+    "ChunkHints",
     "ChunkRequest",
     "ChunkResponse",
     "Error",
@@ -742,6 +743,19 @@ class HoldingsReport(Message):
     removed: tuple[Hash, ...]
     bytes_from_peers: UInt = 0
     bytes_to_peers: UInt = 0
+
+
+@message(33)
+@dataclass(frozen=True, slots=True)
+class ChunkHints(Message):
+    """master -> peers, unasked: the peer at ``addr`` is being sent these chunks by the master.
+    A peer still missing them asks that peer instead of the master. Advisory: a hint may be
+    dropped, and acting on a wrong one costs one request. Answers to chunk requests queue behind
+    chunk bytes on a slow master link; hints let peers trade what the master sent others at
+    once instead of learning of it only from those answers."""
+
+    addr: str
+    hashes: tuple[Hash, ...]
 
 
 # Peers & status -----------------------------------------------------------------------------
