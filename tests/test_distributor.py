@@ -299,3 +299,22 @@ def test_a_peer_completed_by_incremental_reports_shares_the_manifest_set():
     assert d._peers["a"].whole is live
     assert d.held_count("a") == 20
     assert d.holds("a", h(15))
+
+
+def test_is_complete_follows_the_current_manifest():
+    """The master sends hints only to peers that are not complete."""
+    d, _ = make("a")
+    assert not d.is_complete("nobody")
+    live = {h(i) for i in range(10)}
+    d.forget_chunks_not_in(live)
+    assert not d.is_complete("a")
+    d.update_holdings("a", list(live), [], full=True)
+    assert d.is_complete("a")
+    d.forget_chunks_not_in({h(i) for i in range(5, 15)})  # a new version it lacks half of
+    assert not d.is_complete("a")
+    d.update_holdings("a", [h(i) for i in range(10, 15)], [])
+    assert d.held_count("a") == 10  # (the master counts after every report)
+    assert d.is_complete("a")
+    assert d._peers["a"].held == set()  # the current set, shared
+    d.update_holdings("a", [], [h(7)])
+    assert not d.is_complete("a")

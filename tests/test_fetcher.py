@@ -613,3 +613,95 @@ async def test_not_yet_is_bounded(monkeypatch):
     assert_exactly_once(sink, data)
     assert_stats_add_up(stats, data, sink)
     assert stats.from_master > 10  # most of the trickled batch went to the master
+
+
+# -- hints: the master says who it is sending which chunks to -----------------------------------
+
+
+class GatedNet(FakeNet):
+    """A master whose answers wait for `gate`: its link is busy with other peers' bytes."""
+
+    def __init__(self, data: dict[bytes, bytes]):
+        super().__init__(data)
+        self.gate = asyncio.Event()
+
+    async def ask_master(self, hashes: list[bytes], avoid: list[str]) -> ChunkResponse:
+        self.master_calls.append((list(hashes), list(avoid)))
+        await self.gate.wait()
+        self.master_calls.pop()  # recorded again by the real answer
+        return await super().ask_master(hashes, avoid)
+
+
+async def _until(predicate, what: str) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await _real_sleep(0.002)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _big_lengths(data: dict[bytes, bytes]) -> dict[bytes, int]:
+    return dict.fromkeys(data, 64 * 1024)  # 16 chunks a batch: most wait in the master queue
+
+
+async def test_hinted_chunks_go_to_that_peer_while_the_master_is_busy():
+    data = make_chunks(200)
+    net, sink = GatedNet(data), Sink()
+    peer = FakePeer(dict(data))
+    net.peers["p1:1"] = peer
+    fetcher = fetcher_for(net, sink, lengths=_big_lengths(data))
+    task = asyncio.ensure_future(fetcher.fetch(list(data)))
+    await _until(lambda: len(net.master_calls) == fetch_mod.MASTER_PARALLEL, "master requests")
+    in_flight = {h for hashes, _ in net.master_calls for h in hashes}
+    rerouted = fetcher.hint("p1:1", list(data))
+    assert rerouted == len(data) - len(in_flight)  # not the ones already asked of the master
+    # The hint alone gets them fetched: the master has not answered anything yet.
+    await _until(lambda: len(sink.delivered) == rerouted, "hinted chunks from the peer")
+    assert {h for call in peer.calls for h in call} == set(data) - in_flight
+    net.gate.set()
+    stats = await asyncio.wait_for(task, 10)
+    assert_exactly_once(sink, data)
+    assert_stats_add_up(stats, data, sink)
+    assert stats.from_peers == rerouted
+    assert {h for hashes, _ in net.master_calls for h in hashes} == in_flight
+    assert fetcher.hint("p1:1", list(data)) == 0  # the fetch is over
+
+
+async def test_a_hint_names_only_chunks_still_needed_and_not_a_banned_peer():
+    data = make_chunks(120)
+    hashes = list(data)
+    net, sink = GatedNet(data), Sink()
+    net.peers["p1:1"] = FakePeer(dict(data))
+    health = SourceHealth()
+    for _ in range(BAD_CHUNKS_BEFORE_BAN):
+        health.strike("banned:1", "test")
+    fetcher = fetcher_for(net, sink, lengths=_big_lengths(data), health=health)
+    assert fetcher.hint("p1:1", hashes) == 0  # not fetching yet
+    task = asyncio.ensure_future(fetcher.fetch(hashes[:100]))
+    await _until(lambda: len(net.master_calls) == fetch_mod.MASTER_PARALLEL, "master requests")
+    assert fetcher.hint("banned:1", hashes) == 0
+    first = fetcher.hint("p1:1", hashes)
+    assert first == 100 - fetch_mod.MASTER_PARALLEL * 16  # not hashes[100:]: not needed
+    assert fetcher.hint("p1:1", hashes) == 0  # already in that peer's queue
+    net.gate.set()
+    await asyncio.wait_for(task, 10)
+    assert_exactly_once(sink, hashes[:100])
+
+
+async def test_chunks_hinted_to_a_dead_peer_come_from_the_master_avoiding_it():
+    data = make_chunks(100)
+    net, sink = GatedNet(data), Sink()
+    dead = FakePeer(dict(data), mode="dead")
+    net.peers["dead:1"] = dead
+    fetcher = fetcher_for(net, sink, lengths=_big_lengths(data))
+    task = asyncio.ensure_future(fetcher.fetch(list(data)))
+    await _until(lambda: len(net.master_calls) == fetch_mod.MASTER_PARALLEL, "master requests")
+    rerouted = fetcher.hint("dead:1", list(data))
+    assert rerouted > 0
+    await _until(lambda: dead.calls, "a request to the dead peer")
+    net.gate.set()
+    stats = await asyncio.wait_for(task, 10)
+    assert_exactly_once(sink, data)
+    assert stats.from_master == len(data)
+    tried = {h for call in dead.calls for h in call}
+    assert all("dead:1" in avoid for hashes, avoid in net.master_calls if set(hashes) & tried)

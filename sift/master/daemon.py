@@ -41,6 +41,7 @@ from sift.net.tasks import run_until_stopped
 from sift.net.tls import node_tls
 from sift.protocol import ProtocolError
 from sift.protocol.messages import (
+    ChunkHints,
     ChunkRequest,
     ChunkResponse,
     Error,
@@ -65,6 +66,7 @@ UNSTABLE_RETRY = 0.5  # seconds before rescanning a file that changed while it w
 HOLDINGS_EVENT_INTERVAL = 0.5  # seconds between peer.holdings events for one peer
 RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
+HINTS_PER_MESSAGE = 4096  # chunk hashes per ChunkHints message (~140 KB)
 
 
 def _bytes_not_in(manifest: Manifest, previous: Manifest) -> int:
@@ -145,6 +147,7 @@ class MasterDaemon:
         self._serving = asyncio.Semaphore(SERVE_SLOTS)
         self.bytes_sent = 0
         self.chunks_sent = 0
+        self.hints_sent = 0  # chunk hashes told to other peers in ChunkHints
         self.server: asyncio.Server | None = None
         self.bound_port = 0
 
@@ -488,6 +491,8 @@ class MasterDaemon:
         if session.role == "peer":
             plan = self.distributor.assign(session.node_id, known, msg.avoid)
             serve, elsewhere = list(plan.from_master), plan.elsewhere
+            if serve and session.addr:
+                self._hint_others(session, serve)
         else:
             serve, elsewhere = known, ()
         if not serve:
@@ -511,6 +516,26 @@ class MasterDaemon:
             del found  # the response holds the only reference: freed as soon as it is sent
             await session.channel.send(response)
         return None
+
+    def _hint_others(self, fetcher: PeerSession, chunks: list[bytes]) -> None:
+        """Tell every other peer still syncing that `fetcher` is about to hold `chunks`. Sent
+        before the chunk bytes, and never waited on: on a slow master link the answers to the
+        other peers' own requests queue behind chunk bytes, and without this they would learn
+        who holds what only from those answers (docs/performance.md, scenario (b))."""
+        hints = [
+            ChunkHints(fetcher.addr, tuple(chunks[i : i + HINTS_PER_MESSAGE]))
+            for i in range(0, len(chunks), HINTS_PER_MESSAGE)
+        ]
+        for session in self.sessions.values():
+            if (
+                session is fetcher
+                or session.role != "peer"
+                or self.distributor.is_complete(session.node_id)
+            ):
+                continue
+            for hint in hints:
+                if session.channel.send_nowait(hint):
+                    self.hints_sent += len(hint.hashes)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -548,6 +573,7 @@ class MasterDaemon:
             "bytes": m.total_bytes,
             "bytes_sent": self.bytes_sent,
             "chunks_sent": self.chunks_sent,
+            "hints_sent": self.hints_sent,
             "connected_peers": sum(1 for s in self.sessions.values() if s.role == "peer"),
             "versions": list(self.versions),
             "rates": {

@@ -123,7 +123,18 @@ class Distributor:
         if record.whole is self._live:
             return len(record.whole) + len(record.held)
         live = self._live or ()
-        return sum(1 for c in live if record.holds(c))
+        count = sum(1 for c in live if record.holds(c))
+        if live and count == len(live):
+            # A complete peer that reported only what changed since an older version: from
+            # now on it shares the current set (and is_complete() says so).
+            record.whole, record.held = live, set()
+        return count
+
+    def is_complete(self, peer_id: str) -> bool:
+        """The peer holds every chunk of the current manifest, as of its last report (the
+        master counts each report with held_count)."""
+        record = self._peers.get(peer_id)
+        return record is not None and record.whole is not None and record.whole is self._live
 
     def holds(self, peer_id: str, chunk: bytes) -> bool:
         record = self._peers.get(peer_id)

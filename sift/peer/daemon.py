@@ -43,6 +43,7 @@ from sift.peer.fetch import FetchFailed, ManifestOutdated, SourceHealth
 from sift.peer.sync import LocalChunks, Syncer, SyncProgress
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.protocol.messages import (
+    ChunkHints,
     ChunkRequest,
     ChunkResponse,
     Error,
@@ -142,6 +143,7 @@ class PeerDaemon:
         self.rates: RateTable = self.control.rates
         self.bytes_from_peers = 0  # chunk bytes received from other peers since start
         self.bytes_to_peers = 0  # chunk bytes served to other peers since start
+        self.hinted_chunks = 0  # chunks the master's hints sent to another peer's queue
         self._reported_counters = (0, 0)  # as last sent to the master
         self._sources: dict[str, int] = {}  # bytes per source node id in the running sync
 
@@ -255,6 +257,11 @@ class PeerDaemon:
             self.master_version = max(self.master_version, msg.version)
             if msg.version != self.synced_version:
                 self._sync_needed.set()
+            return None
+        if isinstance(msg, ChunkHints):
+            fetcher = self.syncer.fetcher
+            if fetcher is not None:
+                self.hinted_chunks += fetcher.hint(msg.addr, msg.hashes)
             return None
         if isinstance(msg, StatusRequest):
             return StatusResponse(msg.req_id, json.dumps(self.status()))
@@ -594,6 +601,7 @@ class PeerDaemon:
             "progress": self.progress(),
             "bytes_from_peers": self.bytes_from_peers,
             "bytes_to_peers": self.bytes_to_peers,
+            "hinted_chunks": self.hinted_chunks,
             "rates": self._rates_event(self.rates),
             **self.control.status_fields(),
         }

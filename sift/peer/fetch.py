@@ -2,7 +2,10 @@
 
 The peer asks the master for its missing chunks in random order (so peers that need the same new
 data at once ask for different chunks first). The master answers each batch with the chunks it
-sends itself plus "fetch these from peer P" for the rest; those go to per-peer queues. A source
+sends itself plus "fetch these from peer P" for the rest; those go to per-peer queues. The master
+also tells every peer, unasked, which chunks it is sending to whom (ChunkHints, see
+:meth:`Fetcher.hint`): a hinted chunk still waiting for its turn goes to that peer's queue, so
+peers trade what the master sent others as soon as it is sent. A source
 that fails or serves bad bytes is avoided for that chunk, and the chunk goes back to the master
 with the avoid list, so the master points elsewhere or sends it itself. Every loop is bounded.
 
@@ -157,6 +160,10 @@ class _Work:
     active: dict[str, int] = field(default_factory=dict)  # source -> requests in flight
     bad: dict[str, int] = field(default_factory=dict)
     not_yet: dict[bytes, int] = field(default_factory=dict)  # chunk -> "ask again" answers
+    # chunk -> peer address whose queue it is in (by a hint or the master's answer): the master
+    # queue skips these until that peer gives them back.
+    routed: dict[bytes, str] = field(default_factory=dict)
+    asked: set[bytes] = field(default_factory=set)  # chunks in a request in flight
     banned: set[str] = field(default_factory=set)
     stale_rounds: int = 0
 
@@ -182,6 +189,8 @@ class Fetcher:
             health = getattr(source, "source_health", None)
         self.health: SourceHealth = health if health is not None else SourceHealth()
         self.stats = FetchStats()
+        self._work: _Work | None = None
+        self._hinted = asyncio.Event()  # a hint queued work for a peer: start requests now
 
     async def fetch(self, hashes: Iterable[bytes]) -> FetchStats:
         order = list(dict.fromkeys(hashes))
@@ -189,65 +198,117 @@ class Fetcher:
         work = _Work(pending=set(order), master_queue=deque(order))
         work.banned.update(self.health.banned())
         tasks: dict[asyncio.Task, str] = {}
+        hinted = None
+        self._work = work
         try:
             while work.pending:
                 self._start_requests(work, tasks)
                 if not tasks:
                     # Nothing in flight and nothing queued, yet chunks are pending: requeue them
                     # to the master rather than wait forever.
+                    work.routed.clear()
                     work.master_queue.extend(work.pending)
                     self._start_requests(work, tasks)
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if hinted is None:
+                    self._hinted.clear()
+                    hinted = asyncio.ensure_future(self._hinted.wait())
+                done, _ = await asyncio.wait([*tasks, hinted], return_when=asyncio.FIRST_COMPLETED)
+                if hinted in done:
+                    hinted = None
                 for task in done:
-                    source = tasks.pop(task)
+                    source = tasks.pop(task, None)
+                    if source is None:
+                        continue
                     work.active[source] -= 1
                     task.result()  # propagates ManifestOutdated / FetchFailed
         finally:
+            self._work = None
+            if hinted is not None:
+                hinted.cancel()
             for task in tasks:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
         return self.stats
 
+    def hint(self, addr: str, hashes: Iterable[bytes]) -> int:
+        """The master says the peer at `addr` is being sent these chunks. Each one we still
+        need and have not asked anyone for yet goes to that peer's queue instead of waiting for
+        its turn at the master. Returns how many were rerouted (0 when not fetching)."""
+        work = self._work
+        if work is None or addr in work.banned or self.health.is_banned(addr):
+            return 0
+        queue = None
+        for chunk in hashes:
+            if (
+                chunk not in work.pending
+                or chunk in work.asked
+                or chunk in work.routed
+                or addr in work.avoid.get(chunk, ())
+            ):
+                continue
+            if queue is None:
+                queue = work.peer_queues.setdefault(addr, deque())
+            queue.append(chunk)
+            work.routed[chunk] = addr
+        if queue is None:
+            return 0
+        self._hinted.set()
+        return len(queue)
+
     # -- scheduling -------------------------------------------------------------------------
 
-    def _take_batch(self, queue: deque[bytes], work: _Work) -> list[bytes]:
+    def _take_batch(self, queue: deque[bytes], work: _Work, *, master: bool) -> list[bytes]:
         batch: list[bytes] = []
         size = 0
         while queue and len(batch) < BATCH_CHUNKS and size < BATCH_BYTES:
             chunk = queue.popleft()
-            if chunk in work.pending:
-                batch.append(chunk)
-                size += self.lengths.get(chunk, 0)
+            if chunk not in work.pending or chunk in work.asked:
+                continue
+            if master and chunk in work.routed:
+                continue  # a peer's queue has it; it comes back here if that peer fails
+            batch.append(chunk)
+            size += self.lengths.get(chunk, 0)
         return batch
 
     def _start_requests(self, work: _Work, tasks: dict[asyncio.Task, str]) -> None:
         while work.master_queue and work.active.get(self.MASTER, 0) < MASTER_PARALLEL:
-            batch = self._take_batch(work.master_queue, work)
+            batch = self._take_batch(work.master_queue, work, master=True)
             if not batch:
                 break
-            self._launch(self._from_master(batch, work), self.MASTER, work, tasks)
+            self._launch(self._from_master(batch, work), self.MASTER, batch, work, tasks)
         for addr, queue in list(work.peer_queues.items()):
             if addr in work.banned or self.health.is_banned(addr):
                 self._give_up_on(addr, [], work, ban=True)  # its queue goes to the master
                 continue
             parallel = DEMOTED_PARALLEL if self.health.is_demoted(addr) else PEER_PARALLEL
             while queue and work.active.get(addr, 0) < parallel:
-                batch = self._take_batch(queue, work)
+                batch = self._take_batch(queue, work, master=False)
                 if not batch:
                     break
-                self._launch(self._from_peer(addr, batch, work), addr, work, tasks)
+                self._launch(self._from_peer(addr, batch, work), addr, batch, work, tasks)
 
     @staticmethod
-    def _launch(coro, source: str, work: _Work, tasks: dict[asyncio.Task, str]) -> None:
+    def _launch(
+        coro, source: str, batch: list[bytes], work: _Work, tasks: dict[asyncio.Task, str]
+    ) -> None:
         work.active[source] = work.active.get(source, 0) + 1
-        tasks[asyncio.ensure_future(coro)] = source
+        work.asked.update(batch)  # each request takes them out again once it is answered
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                work.asked.difference_update(batch)  # (failed or cancelled before its answer)
+
+        tasks[asyncio.ensure_future(run())] = source
 
     # -- one request each -------------------------------------------------------------------
 
     async def _from_master(self, batch: list[bytes], work: _Work) -> None:
         avoid = sorted({a for h in batch for a in work.avoid.get(h, ())} | work.banned)
         response = await self.source.ask_master(batch, avoid)
+        work.asked.difference_update(batch)  # answered: from here on they may be queued again
         if response.missing:
             raise ManifestOutdated(f"the master no longer has {len(response.missing)} chunk(s)")
         await self._accept(response.chunks, batch, self.MASTER, work)
@@ -257,8 +318,9 @@ class Fetcher:
             if addr in work.banned:  # a master ignoring `avoid`: never from a banned source
                 work.avoid.setdefault(chunk, set()).add(addr)
                 work.master_queue.append(chunk)
-            else:
+            elif chunk not in work.routed:  # (a hint may have queued it already)
                 work.peer_queues.setdefault(addr, deque()).append(chunk)
+                work.routed[chunk] = addr
         if response.stale:
             work.stale_rounds += 1
             if work.stale_rounds > MAX_STALE_ROUNDS:
@@ -275,14 +337,17 @@ class Fetcher:
         try:
             response = await self.source.ask_peer(addr, batch)
         except (TimeoutError, OSError, ConnectionError) as exc:
+            work.asked.difference_update(batch)
             log.info("peer %s unavailable (%s); asking the master for its share", addr, exc)
             self._give_up_on(addr, batch, work, ban=True)
             return
         except Exception as exc:  # a protocol error from a misbehaving peer
+            work.asked.difference_update(batch)
             log.warning("peer %s failed: %s; asking the master for its share", addr, exc)
             self.health.strike(addr, f"protocol error: {exc}"[:200])
             self._give_up_on(addr, batch, work, ban=True)
             return
+        work.asked.difference_update(batch)
         await self._accept(response.chunks, batch, addr, work)
         got = {c for c, _ in response.chunks}
         # "Not yet": the peer is still fetching these. It answered with what it had instead of
@@ -310,6 +375,8 @@ class Fetcher:
             work.banned.add(addr)
             chunks = chunks + list(work.peer_queues.pop(addr, ()))
         for chunk in chunks:
+            if work.routed.get(chunk) == addr:
+                del work.routed[chunk]
             if chunk in work.pending:
                 work.avoid.setdefault(chunk, set()).add(addr)
                 work.master_queue.append(chunk)
@@ -347,6 +414,8 @@ class Fetcher:
                     if work.bad[source] >= BAD_CHUNKS_BEFORE_BAN or self.health.is_banned(source):
                         self._give_up_on(source, [], work, ban=True)
                     work.avoid.setdefault(chunk, set()).add(source)
+                    if work.routed.get(chunk) == source:
+                        del work.routed[chunk]
                 work.master_queue.append(chunk)
                 continue
             work.pending.discard(chunk)

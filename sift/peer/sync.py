@@ -141,6 +141,7 @@ class Syncer:
         self.on_start = on_start or (lambda progress: None)
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
         self.progress: SyncProgress | None = None  # set while a sync with work to do runs
+        self.fetcher: Fetcher | None = None  # set while chunks are being fetched (for hints)
 
     async def scan_local(self, target: Manifest) -> dict:
         scanner = Scanner(self.local_dir, self.cache, target.params)
@@ -186,8 +187,11 @@ class Syncer:
             if needed:
                 lengths = {c.hash: c.length for f in plan.write for c in f.chunks}
                 self.chunks.pending = set(needed)
-                fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
-                report.fetch = await fetcher.fetch(needed)
+                self.fetcher = Fetcher(self.source, self._make_sink(dests), lengths)
+                try:
+                    report.fetch = await self.fetcher.fetch(needed)
+                finally:
+                    self.fetcher = None
             lap("fetch")
             try:
                 await asyncio.to_thread(self._commit, plan, parts, report)

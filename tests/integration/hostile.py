@@ -18,6 +18,7 @@ import msgpack
 from sift.core.manifest import decode_manifest
 from sift.net.channel import Channel, accept, connect
 from sift.protocol.messages import (
+    ChunkHints,
     ChunkRequest,
     ChunkResponse,
     Error,
@@ -194,6 +195,12 @@ class ScriptedMaster:
         self.channels: list[Channel] = []
         self.port = 0
         self.server: asyncio.Server | None = None
+        # With `hint_to` set, a peer's first chunk request gets ChunkHints naming that address
+        # for every chunk, and every chunk answer waits `answer_delay` (a busy master link).
+        self.hint_to: str | None = None
+        self.answer_delay = 0.0
+        self.hinted: set[Channel] = set()
+        self.chunks_served = 0
 
     async def start(self) -> ScriptedMaster:
         self.server = await asyncio.start_server(self._on_connect, "127.0.0.1", 0)
@@ -222,8 +229,13 @@ class ScriptedMaster:
                 return ManifestResponse(msg.req_id, self.version, self.delta[0], self.delta[1])
             return ManifestResponse(msg.req_id, self.version, None, self.manifests[self.version])
         if isinstance(msg, ChunkRequest):
+            if self.hint_to is not None and channel not in self.hinted:
+                self.hinted.add(channel)
+                channel.send_nowait(ChunkHints(self.hint_to, tuple(self.chunks)))
+            await asyncio.sleep(self.answer_delay)
             found = tuple((h, self.chunks[h]) for h in msg.hashes if h in self.chunks)
             missing = tuple(h for h in msg.hashes if h not in self.chunks)
+            self.chunks_served += len(found)
             return ChunkResponse(msg.req_id, found, missing, (), ())
         if isinstance(msg, HoldingsReport):
             return None
@@ -234,6 +246,36 @@ class ScriptedMaster:
             self.server.close()
         for channel in self.channels:
             await channel.close()
+
+
+class ListeningPeer:
+    """Joins the master as a peer that holds nothing and never fetches, and keeps every
+    ChunkHints the master sends it."""
+
+    def __init__(self, master_port: int, psk: bytes) -> None:
+        self.master_port = master_port
+        self.psk = psk
+        self.hints: list[ChunkHints] = []
+        self.master: Channel | None = None
+        self._serving: asyncio.Future | None = None
+
+    async def start(self) -> ListeningPeer:
+        self.master = await connect(
+            "127.0.0.1", self.master_port, self.psk, "listener", node_role="peer", listen_port=9
+        )
+        self._serving = asyncio.ensure_future(self.master.serve(self._from_master))
+        return self
+
+    async def _from_master(self, channel: Channel, msg: Message) -> Message | None:
+        if isinstance(msg, ChunkHints):
+            self.hints.append(msg)
+        elif isinstance(msg, StatusRequest):
+            return StatusResponse(msg.req_id, "{}")
+        return None
+
+    async def stop(self) -> None:
+        if self.master is not None:
+            await self.master.close("listener leaving")
 
 
 def pack(obj: Any) -> bytes:
