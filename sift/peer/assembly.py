@@ -379,6 +379,12 @@ class Assembler:
         finally:
             os.close(fd)
 
+    def flush_tmp_fs(self) -> None:
+        """Write what is dirty on the parts' filesystem to disk now (a background step while a
+        sync fetches; durability still comes from the commit)."""
+        with contextlib.suppress(OSError):
+            self._sync_tmp_fs()
+
     def commit(self, parts: list[PartFile]) -> list[tuple[FileEntry, os.stat_result]]:
         """Make complete part files durable, give them their mode and mtime, and rename them into
         place; parent directories are fsynced once each. Returns each entry with its final stat

@@ -36,6 +36,9 @@ log = logging.getLogger("sift.peer.sync")
 
 COPY_BATCH = 256  # local chunk copies read per step (bounds memory to ~BATCH x max chunk size)
 CURRENT_FILES = 16  # recent destinations remembered for "files being written now"
+# While chunks arrive, every this many bytes written start a background syncfs: the data goes
+# to disk while the network is the bottleneck, and the commit's own syncfs has little left.
+FLUSH_EVERY = 64 << 20
 
 
 @dataclass
@@ -142,6 +145,8 @@ class Syncer:
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
         self.progress: SyncProgress | None = None  # set while a sync with work to do runs
         self.fetcher: Fetcher | None = None  # set while chunks are being fetched (for hints)
+        self._unflushed = 0  # bytes stored since the last background flush started
+        self._flushing: asyncio.Future | None = None
 
     async def scan_local(self, target: Manifest) -> dict:
         scanner = Scanner(self.local_dir, self.cache, target.params)
@@ -192,6 +197,8 @@ class Syncer:
                     report.fetch = await self.fetcher.fetch(needed)
                 finally:
                     self.fetcher = None
+                    if self._flushing is not None:
+                        await asyncio.gather(self._flushing, return_exceptions=True)
             lap("fetch")
             try:
                 await asyncio.to_thread(self._commit, plan, parts, report)
@@ -330,6 +337,14 @@ class Syncer:
             if good:
                 self.chunks.announce_arrivals()
                 self.on_progress([d for d, _ in good])
+                self._unflushed += sum(len(data) for _, data in good)
+                if self._unflushed >= FLUSH_EVERY and (
+                    self._flushing is None or self._flushing.done()
+                ):
+                    self._unflushed = 0
+                    self._flushing = asyncio.ensure_future(
+                        asyncio.to_thread(self.assembler.flush_tmp_fs)
+                    )
             return bad
 
         return sink
