@@ -26,9 +26,16 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint nix-tools
+test: lint nix-tools bytecode
 	$(BIN)/python -m pytest
 	$(MAKE) bench-smoke
+
+# Compiled bytecode for the packages, as an installed package has: the tests, the demo and the
+# benchmark start many daemons, and each would otherwise compile every module again when
+# PYTHONDONTWRITEBYTECODE is set (compileall only redoes changed files).
+.PHONY: bytecode
+bytecode: $(VENV)/.installed
+	$(BIN)/python -m compileall -q sift sift_tui
 
 # nix-instantiate, for tests/test_nix_files.py (Debian's nix-bin; as root only, else those skip).
 .PHONY: nix-tools
@@ -38,7 +45,7 @@ nix-tools:
 
 # A master and two peers on 127.0.0.1 over a generated sample dataset, with the console attached
 # (q quits and stops them; DEMO_ARGS=--headless for a plain status line).
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed bytecode
 	$(BIN)/sift demo $(DEMO_ARGS)
 
 # The competitors the benchmark runs sift against (Debian packages).
