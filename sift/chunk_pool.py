@@ -42,7 +42,7 @@ __all__ = ["Helper", "Job", "chunk_jobs", "helper_cpus", "start_helper"]
 log = logging.getLogger("sift.scan")
 
 K = TypeVar("K")
-Job = tuple[K, str, int]  # (caller's key, absolute path, expected size)
+Job = tuple[K, str, int]  # (caller's key, path under the `root` given, expected size)
 
 UNIT_BYTES = 4 << 20  # small files are grouped into units of about this many bytes...
 UNIT_FILES = 256  # ...or this many files
@@ -71,29 +71,31 @@ def chunk_jobs(
     *,
     chunk: Callable[[str, ChunkParams], FileChunks] = chunk_file,
     helper: Helper | None = None,
+    root: str = "",
 ) -> Iterator[tuple[K, Outcome]]:
     """Chunk every job's file, yielding ``(key, outcome)`` as each finishes, on the calling thread.
 
     ``chunk`` chunks a file on this thread (``chunk_file`` or a wrapper of it). A ``helper``
     (from :func:`start_helper`, which always uses ``chunk_file``) takes units from the same queue
-    meanwhile; it is stopped when the iteration ends.
+    meanwhile; it is stopped when the iteration ends. Job paths are joined to ``root`` only as
+    each file is chunked: a scan of 30,000 files does not hold 30,000 absolute paths.
     """
     units = _units(jobs)
     if helper is None:
         for unit in units:
             for key, path, _size in unit:
-                yield key, chunk_one(path, params, chunk)
+                yield key, chunk_one(os.path.join(root, path), params, chunk)
         return
     try:
         if not units:
             return
-        helper.feed(units[1:], params)
+        helper.feed(units[1:], params, root)
         # The largest unit is ours: a lone big file must not wait for the helper to be ready.
         unit: list[Job[K]] | None = units[0]
         while True:
             if unit is not None:
                 for key, path, _size in unit:
-                    yield key, chunk_one(path, params, chunk)
+                    yield key, chunk_one(os.path.join(root, path), params, chunk)
                 yield from helper.finished(block=False)
             elif helper.feeding():
                 yield from helper.finished(block=True)
@@ -148,6 +150,7 @@ class Helper(Generic[K]):
     def __init__(self) -> None:
         self._units: deque[list[Job[K]]] = deque()
         self._params: ChunkParams | None = None
+        self._root = ""
         self._lock = threading.Lock()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._proc: subprocess.Popen | None = None
@@ -171,11 +174,12 @@ class Helper(Generic[K]):
             return False
         return True
 
-    def feed(self, units: list[list[Job[K]]], params: ChunkParams) -> None:
-        """Queue the units and start handing them to the process."""
+    def feed(self, units: list[list[Job[K]]], params: ChunkParams, root: str = "") -> None:
+        """Queue the units (paths under ``root``) and start handing them to the process."""
         with self._lock:
             self._units.extend(units)
         self._params = params
+        self._root = root
         self._feeding = True
         self._thread = threading.Thread(target=self._feed, name="sift-chunk-feeder", daemon=True)
         self._thread.start()
@@ -246,7 +250,8 @@ class Helper(Generic[K]):
                     unit = self.take()
                     if unit is None:
                         break
-                    frame = encode_frame((self._params, [path for _key, path, _size in unit]))
+                    paths = [os.path.join(self._root, path) for _key, path, _size in unit]
+                    frame = encode_frame((self._params, paths))
                     if sent and len(frame) > self._room:
                         self._give_back([unit])
                         break

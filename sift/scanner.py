@@ -77,23 +77,26 @@ class Scanner:
         started = time.monotonic()
         previous = previous or {}
         result = ScanResult(entries=[])
-        slots: list[Entry | None] = []  # walk order; None until a file is hashed (or skipped)
+        # Walk order. A file to hash holds its path until its entry replaces it; a file that
+        # could not be read and had no previous entry ends as None.
+        slots: list[Entry | str | None] = []
         to_hash: list[tuple[int, str, int]] = []  # (slot, relative path, size)
         pending = 0  # bytes in to_hash
         want_helper = self.helper_min_bytes is not None and helper_cpus() > 1
         helper: Helper | None = None
-        seen: set[str] = set()
         # An empty cache (a first scan) answers nothing: skip a query per file, and the search
-        # for paths that disappeared.
+        # for paths that disappeared (so no set of every path seen either).
         self._cache_empty = len(self.cache) == 0
+        seen: set[str] | None = None if self._cache_empty else set()
         try:
             with self.cache.batch():
                 for rel, st in self._walk():
-                    seen.add(rel)
+                    if seen is not None:
+                        seen.add(rel)
                     entry = self._entry_for(rel, st, previous, result)
                     if entry is _HASH:
                         to_hash.append((len(slots), rel, st.st_size))
-                        slots.append(None)
+                        slots.append(rel)  # until its entry is made
                         pending += st.st_size
                         if want_helper and pending >= self.helper_min_bytes and len(to_hash) > 1:
                             # Start it now: it gets ready while the walk goes on.
@@ -102,13 +105,13 @@ class Scanner:
                     elif entry is not None:
                         slots.append(entry)
                 self._hash(to_hash, slots, previous, result, helper)
-                if not self._cache_empty:
+                if seen is not None:
                     for gone in self.cache.paths() - seen:
                         self.cache.remove(gone)
         finally:
             if helper is not None:
                 helper.stop()  # normally done already; not if the walk raised
-        result.entries = [entry for entry in slots if entry is not None]
+        result.entries = [e for e in slots if e is not None and not isinstance(e, str)]
         result.seconds = time.monotonic() - started
         return result
 
@@ -194,7 +197,7 @@ class Scanner:
     def _hash(
         self,
         to_hash: list[tuple[int, str, int]],
-        slots: list[Entry | None],
+        slots: list[Entry | str | None],
         previous: dict[str, Entry],
         result: ScanResult,
         helper: Helper | None,
@@ -205,10 +208,15 @@ class Scanner:
         # Before any read: a file modified less than RACY_WINDOW_NS before this may change again
         # within its timestamp tick unnoticed, so it is not cached (read time >= this time).
         hash_started_ns = time.time_ns()
-        jobs = [((slot, rel), os.path.join(self.root, rel), size) for slot, rel, size in to_hash]
         unstable: list[tuple[int, str]] = []
-        outcomes = chunk_jobs(jobs, self.params, chunk=_chunk_here, helper=helper)
-        for (slot, rel), outcome in outcomes:
+        # The (slot, path, size) tuples are the jobs themselves, keyed by slot, and each slot
+        # holds its path until the entry replaces it: per file, nothing but what the walk made.
+        outcomes = chunk_jobs(
+            to_hash, self.params, chunk=_chunk_here, helper=helper, root=str(self.root)
+        )
+        for slot, outcome in outcomes:
+            rel = slots[slot]
+            assert isinstance(rel, str)
             if isinstance(outcome, FileChunks):
                 slots[slot] = self._hashed_entry(rel, outcome, hash_started_ns, result)
             elif isinstance(outcome, UnstableFileError):
