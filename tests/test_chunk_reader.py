@@ -83,6 +83,24 @@ def test_file_changed_underneath_is_stale(tree):
     assert [h for h, _ in found] == a_hashes[1:]
 
 
+def test_trusted_chunks_are_not_hashed_again(tree):
+    """A peer serving chunks its running sync wrote (and verified) moments ago skips the second
+    hash: shown here by bytes changed underneath coming back as they are for a trusted chunk,
+    and as stale for the others."""
+    root, _, manifest, reader = tree
+    locations = manifest.chunk_locations()
+    a_hashes = [h for h, loc in locations.items() if loc.path == "a.bin"]
+    first, second = (locations[h] for h in a_hashes[:2])
+    with open(root / "a.bin", "r+b") as fh:
+        for loc in (first, second):
+            fh.seek(loc.offset)
+            fh.write(b"\x00" * 16)
+    found, stale = reader.read_many(a_hashes[:2], locations, trusted={a_hashes[0]})
+    assert [h for h, _ in found] == [a_hashes[0]]
+    assert found[0][1][:16] == b"\x00" * 16
+    assert stale == [a_hashes[1]]
+
+
 def test_truncated_file_is_stale(tree):
     root, _, manifest, reader = tree
     locations = manifest.chunk_locations()

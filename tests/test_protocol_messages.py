@@ -26,6 +26,7 @@ from sift.protocol.messages import (
     BIG_FIELD,
     HANDSHAKE_MESSAGES,
     INT64_MIN,
+    OWN_PIECE,
     UINT64_MAX,
     ByteLength,
     ChunkRequest,
@@ -432,6 +433,26 @@ def test_a_big_manifest_is_its_own_piece(size: int) -> None:
     assert decode_payload(decoder.next_payload()) == msg
 
 
+def test_chunk_bytes_are_pieces_of_their_own() -> None:
+    """A ChunkResponse's chunk bytes are written as they are, not copied into the frame; small
+    ones (and every other field) are packed around them. Sizes cross each msgpack bin form."""
+    sizes = [0, 5, 255, 256, OWN_PIECE - 1, OWN_PIECE, 65_535, 65_536, 262_144]
+    chunks = tuple((bytes([i]) * 32, bytes([i]) * n) for i, n in enumerate(sizes))
+    msg = ChunkResponse(7, chunks, (b"m" * 32,), (b"s" * 32,), ((b"e" * 32, "10.0.0.1:7000"),))
+    parts = encode_message_parts(msg)
+    assert b"".join(parts) == encode_message(msg)
+    big = [data for _, data in chunks if len(data) >= OWN_PIECE]
+    assert [p for p in parts if any(p is d for d in big)] == big
+    decoder = FrameDecoder()
+    for part in parts:
+        decoder.feed(part)
+    assert decode_payload(decoder.next_payload()) == msg
+
+
 def test_parts_respect_the_frame_limit() -> None:
+    with pytest.raises(ValueError, match="exceeds the 100000-byte limit"):
+        encode_message_parts(
+            ChunkResponse(1, ((b"h" * 32, b"x" * 100_000),), (), (), ()), max_frame_size=100_000
+        )
     with pytest.raises(ValueError, match="exceeds the 100000-byte limit"):
         encode_message_parts(ManifestResponse(1, 2, None, b"x" * 100_000), max_frame_size=100_000)

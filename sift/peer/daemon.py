@@ -570,7 +570,9 @@ class PeerDaemon:
         # Only the locations asked about go to the reading thread: copying the whole map per
         # request cost more than the reads for a peer holding a few GiB.
         where = {h: loc for h in wanted if (loc := self.chunks.locations.get(h)) is not None}
-        found, _stale = await asyncio.to_thread(self.chunks.reader.read_many, list(where), where)
+        found, _stale = await asyncio.to_thread(
+            self.chunks.reader.read_many, list(where), where, self.syncer.fresh_chunks()
+        )
         got = {h for h, _ in found}
         later = tuple(h for h in wanted if h not in got and h in self.chunks.pending)
         missing = tuple(h for h in wanted if h not in got and h not in later)

@@ -447,10 +447,21 @@ def encode_message(msg: Message, *, max_frame_size: int = DEFAULT_MAX_FRAME) -> 
 
 # A trailing bytes field this large is not copied into the frame (see encode_message_parts).
 BIG_FIELD = 64 * 1024
+# Chunk bytes this large travel as their own piece of a ChunkResponse's frame (ditto).
+OWN_PIECE = 8 * 1024
 
 
 def _array_header(n: int) -> bytes:
-    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    if n < 16:
+        return bytes([0x90 | n])
+    return b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big")
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header for a bin of ``n`` bytes, as packb writes it (the shortest form)."""
+    if n < 1 << 8:
+        return b"\xc4" + bytes([n])
+    return b"\xc5" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xc6" + n.to_bytes(4, "big")
 
 
 def encode_message_parts(
@@ -459,8 +470,12 @@ def encode_message_parts(
     """``msg`` as a frame in pieces to write one after the other: when its last field is a
     large ``bytes`` (a ManifestResponse's encoded manifest, megabytes for a big tree), that
     object itself is the last piece instead of being copied twice, into the msgpack payload and
-    into the frame. Same bytes on the wire as :func:`encode_message`."""
+    into the frame; likewise each chunk's bytes in a ChunkResponse. Same bytes on the wire as
+    :func:`encode_message`."""
     fields = _fields(msg)
+    bulk = _BULK_FIELD.get(type(msg))
+    if bulk is not None:
+        return _pieces(msg, fields, bulk, max_frame_size)
     big = fields[-1] if fields else None
     if type(big) is not bytes or len(big) < BIG_FIELD:
         try:
@@ -469,6 +484,36 @@ def encode_message_parts(
             raise ValueError(f"cannot encode {type(msg).__name__}: {exc}") from None
         return (encode_frame(payload, max_frame_size=max_frame_size),)
     return _frame_head(msg, fields, len(big), max_frame_size), big
+
+
+def _pieces(msg: Message, fields: list[Any], bulk: int, max_frame_size: int) -> tuple[bytes, ...]:
+    """The frame of a message whose field number ``bulk`` is a tuple of (hash, bytes) pairs,
+    with each large ``bytes`` as a piece of its own: a 1 MiB ChunkResponse is written to the
+    socket from the chunks read off disk, not after two copies (msgpack's, then the frame's)."""
+    cls = type(msg)
+    pieces: list[bytes] = []
+    small = [_array_header(len(fields) + 1), msgpack.packb(cls.TYPE_CODE)]
+    try:
+        for i, value in enumerate(fields):
+            if i != bulk:
+                small.append(msgpack.packb(value, use_bin_type=True))
+                continue
+            small.append(_array_header(len(value)))
+            for digest, data in value:
+                small.append(b"\x92" + _bin_header(len(digest)) + digest)
+                if len(data) < OWN_PIECE:
+                    small.append(_bin_header(len(data)) + data)
+                else:
+                    small.append(_bin_header(len(data)))
+                    pieces.append(b"".join(small))
+                    pieces.append(data)
+                    small = []
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"cannot encode {cls.__name__}: {exc}") from None
+    pieces.append(b"".join(small))
+    size = sum(len(p) for p in pieces)
+    pieces[0] = frame_header(size, max_frame_size=max_frame_size) + pieces[0]
+    return tuple(pieces)
 
 
 def encode_frame_head(
@@ -727,6 +772,10 @@ class ChunkResponse(Message):
     missing: tuple[Hash, ...]
     stale: tuple[Hash, ...]
     elsewhere: tuple[tuple[Hash, str], ...]
+
+
+# Messages whose field at this index is a tuple of (hash, bytes) chunk pairs, sent in pieces.
+_BULK_FIELD: dict[type[Message], int] = {ChunkResponse: 1}
 
 
 @message(32)
