@@ -34,6 +34,14 @@ def toml_value(value: object) -> str:
     return str(value)
 
 
+def read_or_none(path: Path) -> bytes | None:
+    """The file's bytes, or None while it does not exist (or cannot be read)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = DEFAULT_TIMEOUT, what: str = ""):
     deadline = time.monotonic() + timeout
     delay = 0.05

@@ -1,6 +1,7 @@
 import pytest
 
 from tests.integration.cluster import Cluster
+from tests.integration.hostile import LoopThread
 
 
 @pytest.fixture
@@ -10,3 +11,13 @@ def cluster(tmp_path):
         yield c
     finally:
         c.close()
+
+
+@pytest.fixture
+def loop_thread():
+    """An event loop in a thread, for the scripted nodes of tests/integration/hostile.py."""
+    lt = LoopThread()
+    try:
+        yield lt
+    finally:
+        lt.close()

@@ -6,22 +6,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from sift.core.chunk import DEFAULT_PARAMS
 from sift.core.chunker import chunk_bytes
 from sift.core.manifest import FileEntry, Manifest, encode_manifest
-from tests.integration.cluster import Cluster, wait_for
-from tests.integration.hostile import ListeningPeer, LoopThread, ScriptedMaster
-
-
-@pytest.fixture
-def loop_thread():
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
+from tests.integration.cluster import Cluster, read_or_none, wait_for
+from tests.integration.hostile import ListeningPeer, ScriptedMaster
 
 
 def test_the_master_hints_other_peers_at_what_it_sends(cluster: Cluster, loop_thread):
@@ -63,13 +52,13 @@ def test_a_peer_fetches_hinted_chunks_from_the_named_peer(tmp_path: Path, loop_t
     cluster.master_port = master.port
     try:
         cluster.add_peer()  # peer1 gets everything from the master, promptly
-        wait_for(lambda: _read(cluster.peers[0][1] / "big.bin") == data, 30, "peer1 synced")
+        wait_for(lambda: read_or_none(cluster.peers[0][1] / "big.bin") == data, 30, "peer1 synced")
         served_to_peer1 = master.chunks_served
         # From now on the master's answers are slow, and it points at peer1 for every chunk.
         master.hint_to = f"127.0.0.1:{cluster.peers[0][2]}"
         master.answer_delay = 3.0
         cluster.add_peer()
-        wait_for(lambda: _read(cluster.peers[1][1] / "big.bin") == data, 30, "peer2 synced")
+        wait_for(lambda: read_or_none(cluster.peers[1][1] / "big.bin") == data, 30, "peer2 synced")
         status = cluster.peer_status(1)
         assert status["hinted_chunks"] > 0
         assert status["bytes_from_peers"] > 0
@@ -78,10 +67,3 @@ def test_a_peer_fetches_hinted_chunks_from_the_named_peer(tmp_path: Path, loop_t
     finally:
         cluster.close()
         loop_thread.call(master.stop())
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None

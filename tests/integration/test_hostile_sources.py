@@ -11,8 +11,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from sift.core.chunk import DEFAULT_PARAMS, HASH_SIZE, Chunk
 from sift.core.chunker import chunk_bytes
 from sift.core.manifest import (
@@ -30,17 +28,8 @@ from sift.core.manifest import (
     encode_manifest,
     make_delta,
 )
-from tests.integration.cluster import Cluster, free_port, wait_for
-from tests.integration.hostile import LoopThread, LyingPeer, PoisonMaster, ScriptedMaster, pack
-
-
-@pytest.fixture
-def loop_thread():
-    lt = LoopThread()
-    try:
-        yield lt
-    finally:
-        lt.close()
+from tests.integration.cluster import Cluster, free_port, read_or_none, wait_for
+from tests.integration.hostile import LyingPeer, PoisonMaster, ScriptedMaster, pack
 
 
 def _write_dataset(root: Path, files: int = 4, size: int = 700_000) -> None:
@@ -216,20 +205,13 @@ def test_a_delta_that_does_not_fit_our_manifest_falls_back_to_the_whole_one(tmp_
     try:
         peer = cluster.add_peer()
         local = cluster.peers[0][1]
-        wait_for(lambda: _read(local / "big.bin") == v1, 30, "version 1 on the peer")
+        wait_for(lambda: read_or_none(local / "big.bin") == v1, 30, "version 1 on the peer")
         master.delta = (1, bad_delta)
         loop_thread.call(master.publish(2))
-        wait_for(lambda: _read(local / "big.bin") == bytes(v2), 30, "version 2 on the peer")
+        wait_for(lambda: read_or_none(local / "big.bin") == bytes(v2), 30, "version 2 on the peer")
         assert master.requests[-2:] == [1, None]  # the delta, then the whole manifest
         assert "cannot apply the master's delta" in peer.log_text()
         assert "another version of it" in peer.log_text()
     finally:
         cluster.close()
         loop_thread.call(master.stop())
-
-
-def _read(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
