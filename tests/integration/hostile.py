@@ -252,16 +252,17 @@ class ListeningPeer:
     """Joins the master as a peer that holds nothing and never fetches, and keeps every
     ChunkHints the master sends it."""
 
-    def __init__(self, master_port: int, psk: bytes) -> None:
+    def __init__(self, master_port: int, psk: bytes, name: str = "listener") -> None:
         self.master_port = master_port
         self.psk = psk
+        self.name = name  # the node id: the master keeps one connection per node id
         self.hints: list[ChunkHints] = []
         self.master: Channel | None = None
         self._serving: asyncio.Future | None = None
 
     async def start(self) -> ListeningPeer:
         self.master = await connect(
-            "127.0.0.1", self.master_port, self.psk, "listener", node_role="peer", listen_port=9
+            "127.0.0.1", self.master_port, self.psk, self.name, node_role="peer", listen_port=9
         )
         self._serving = asyncio.ensure_future(self.master.serve(self._from_master))
         return self

@@ -9,6 +9,7 @@ from pathlib import Path
 from sift.core.chunk import DEFAULT_PARAMS
 from sift.core.chunker import chunk_bytes
 from sift.core.manifest import FileEntry, Manifest, encode_manifest
+from sift.master.daemon import HINT_FANOUT
 from tests.integration.cluster import Cluster, read_or_none, wait_for
 from tests.integration.hostile import ListeningPeer, ScriptedMaster
 
@@ -31,6 +32,36 @@ def test_the_master_hints_other_peers_at_what_it_sends(cluster: Cluster, loop_th
         assert cluster.status()["hints_sent"] == sum(len(h.hashes) for h in listener.hints)
     finally:
         loop_thread.call(listener.stop())
+
+
+def test_each_batch_is_hinted_to_at_most_the_fanout(cluster: Cluster, loop_thread):
+    """However many peers are missing the data, each batch the master sends is hinted to at
+    most HINT_FANOUT of them: the cost of hints on the master's link is bounded."""
+    for i in range(2):
+        (cluster.master_dir / f"f{i}.bin").write_bytes(os.urandom(600_000))
+    cluster.start_master()
+    count = HINT_FANOUT + 4
+    listeners = [
+        loop_thread.call(
+            ListeningPeer(cluster.master_port, cluster.psk.encode(), f"listener{i}").start()
+        )
+        for i in range(count)
+    ]
+    try:
+        cluster.add_peer()
+        cluster.wait_converged()
+        chunks = cluster.status()["distinct_chunks"]
+        wait_for(lambda: cluster.status()["hints_sent"] >= HINT_FANOUT * chunks, 10, "the hints")
+        told: dict[bytes, int] = {}
+        for listener in listeners:
+            for chunk in {c for hint in listener.hints for c in hint.hashes}:
+                told[chunk] = told.get(chunk, 0) + 1
+        assert len(told) == chunks
+        assert set(told.values()) == {HINT_FANOUT}
+        assert cluster.status()["hints_sent"] == HINT_FANOUT * chunks
+    finally:
+        for listener in listeners:
+            loop_thread.call(listener.stop())
 
 
 def test_a_peer_fetches_hinted_chunks_from_the_named_peer(tmp_path: Path, loop_thread):
