@@ -524,10 +524,10 @@ class MasterDaemon:
 
     def _hint_others(self, fetcher: PeerSession, chunks: list[bytes]) -> None:
         """Tell other peers still syncing (up to HINT_FANOUT of them, picked at random) that
-        `fetcher` is about to hold `chunks`. Sent
-        before the chunk bytes, and never waited on: on a slow master link the answers to the
-        other peers' own requests queue behind chunk bytes, and without this they would learn
-        who holds what only from those answers (docs/performance.md, scenario (b))."""
+        `fetcher` is about to hold `chunks`. Sent before the chunk bytes, and never waited on:
+        on a slow master link the answers to the other peers' own requests queue behind chunk
+        bytes, and without this they would learn who holds what only from those answers
+        (docs/performance.md, scenario (b))."""
         told = [
             s
             for s in self.sessions.values()

@@ -3,7 +3,7 @@
 The peer asks the master for its missing chunks in random order (so peers that need the same new
 data at once ask for different chunks first). The master answers each batch with the chunks it
 sends itself plus "fetch these from peer P" for the rest; those go to per-peer queues. The master
-also tells every peer, unasked, which chunks it is sending to whom (ChunkHints, see
+also tells peers, unasked, which chunks it is sending to whom (ChunkHints, see
 :meth:`Fetcher.hint`): a hinted chunk still waiting for its turn goes to that peer's queue, so
 peers trade what the master sent others as soon as it is sent. A source
 that fails or serves bad bytes is avoided for that chunk, and the chunk goes back to the master
@@ -238,23 +238,20 @@ class Fetcher:
         work = self._work
         if work is None or addr in work.banned or self.health.is_banned(addr):
             return 0
-        queue = None
-        for chunk in hashes:
-            if (
-                chunk not in work.pending
-                or chunk in work.asked
-                or chunk in work.routed
-                or addr in work.avoid.get(chunk, ())
-            ):
-                continue
-            if queue is None:
-                queue = work.peer_queues.setdefault(addr, deque())
-            queue.append(chunk)
-            work.routed[chunk] = addr
-        if queue is None:
+        rerouted = [
+            chunk
+            for chunk in hashes
+            if chunk in work.pending
+            and chunk not in work.asked
+            and chunk not in work.routed
+            and addr not in work.avoid.get(chunk, ())
+        ]
+        if not rerouted:
             return 0
+        work.peer_queues.setdefault(addr, deque()).extend(rerouted)
+        work.routed.update(dict.fromkeys(rerouted, addr))
         self._hinted.set()
-        return len(queue)
+        return len(rerouted)
 
     # -- scheduling -------------------------------------------------------------------------
 
