@@ -143,7 +143,13 @@ async def test_reconnects_after_the_daemon_restarts_and_resumes_with_since():
         daemon.drop_clients()
         await wait_until(pilot, lambda: not app.online, "the offline screen")
         assert app.query_one("#body", ContentSwitcher).current == "offline"
-        assert "no such socket" in str(app.query_one("#offline-detail").render())
+        # Retries run back to back here (no_wait), so the detail alternates between "connecting"
+        # and the last error: wait for the error rather than read it at one instant.
+        await wait_until(
+            pilot,
+            lambda: "no such socket" in str(app.query_one("#offline-detail").render()),
+            "the error on the offline screen",
+        )
 
         status = master_status()
         status["manifest_version"] = 8
