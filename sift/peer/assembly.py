@@ -136,6 +136,10 @@ class PartFile:
     # the chunks' slots in it, and the live file's mtime must still be `expect_mtime_ns`.
     patch: Patch | None = None
     expect_mtime_ns: int = 0
+    # Guards fd, created and missing: chunk writes run in several worker threads. One lock per
+    # part, not one for all: creating a file (slow on a busy filesystem) or reserving its blocks
+    # then holds up only the writes to that file.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -164,7 +168,6 @@ class Assembler:
         self.tmp_dir = self.local_dir / RESERVED_DIR / TMP_SUBDIR
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._checked_dirs: set[str] = set()
-        self._open_lock = threading.Lock()  # chunk writes run in several worker threads
         self._can_reflink: bool | None = None
 
     def can_reflink(self) -> bool:
@@ -271,7 +274,7 @@ class Assembler:
         """The part's descriptor: the file is created (at its final size, its blocks reserved
         unless `reserve` is off, e.g. before a reflink replaces them) on first use and reopened
         when written to again after it was closed."""
-        with self._open_lock:
+        with part.lock:
             if part.fd is None:
                 if part.created:
                     part.fd = os.open(part.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -339,7 +342,7 @@ class Assembler:
         if offset not in part.missing:
             return  # already there (resumed, reused, or a duplicate delivery)
         os.pwrite(self.ensure_open(part), data, offset)
-        with self._open_lock:
+        with part.lock:
             part.missing.pop(offset, None)
             if part.missing or part.fd is None:
                 return
@@ -360,7 +363,7 @@ class Assembler:
         """Close once: a second os.close of the same number could close whatever descriptor
         the process has opened under that number since (a socket, the database, a cached
         reader fd)."""
-        with self._open_lock:
+        with part.lock:
             if part.fd is None:
                 return
             fd, part.fd = part.fd, None
