@@ -145,6 +145,7 @@ class Syncer:
         self._written: set[bytes] = set()  # chunks stored in part files by the running sync
         self.progress: SyncProgress | None = None  # set while a sync with work to do runs
         self.fetcher: Fetcher | None = None  # set while chunks are being fetched (for hints)
+        self.committing = False  # part files are being placed: their locations are moving
         self._unflushed = 0  # bytes stored since the last background flush started
         self._flushing: asyncio.Future | None = None
 
@@ -207,10 +208,13 @@ class Syncer:
                     if self._flushing is not None:
                         await asyncio.gather(self._flushing, return_exceptions=True)
             lap("fetch")
+            self.committing = True
             try:
                 await asyncio.to_thread(self._commit, plan, parts, report)
             except PatchError as exc:
                 raise ManifestOutdated(f"{exc}; syncing again") from None
+            finally:
+                self.committing = False
             lap("commit")
         finally:
             self.progress = None
