@@ -28,6 +28,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from bench.common import POLL, BenchError, Proc, RssSampler, sent_from, wait_until
+from sift.config import control_socket_of
 from sift.control.client import ControlClient, ControlClosed
 from sift.net.ports import free_port
 from sift.status import fetch_status
@@ -144,11 +145,12 @@ class SiftDeployment(Deployment):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.peer_ports: list[int] = []
+        self.configs: dict[str, Path] = {}  # daemon name -> its config file
         self.master: Proc | None = None
         self.version = 0
 
     def _daemon(self, name: str, role: str, config: dict) -> Proc:
-        cfg = self.base / name / f"{role}.toml"
+        cfg = self.configs[name] = self.base / name / f"{role}.toml"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         cfg.write_text(_toml(config))
         argv = [
@@ -243,7 +245,7 @@ class SiftDeployment(Deployment):
 
     async def _until_synced(self, want: int) -> None:
         for i in range(len(self.peer_ports)):
-            await self._peer_synced(self.base / f"dest{i + 1}" / "state" / "control.sock", want)
+            await self._peer_synced(control_socket_of(self.configs[f"dest{i + 1}"]), want)
 
     async def _peer_synced(self, socket: Path, want: int) -> None:
         while True:  # the peer creates its socket a moment after it starts
