@@ -142,7 +142,10 @@ def test_wrong_key_is_refused_and_nothing_is_written(cluster):
     intruder = cluster.add_peer(psk="not-the-key")
     _, local, _ = cluster.peers[0]
     wait_for(lambda: "refused" in intruder.log_text(), 30, "the refusal in the peer log")
-    assert "wrong pre-shared key" in cluster.master.log_text()
+    # The master writes its line after sending the refusal: the peer may log first.
+    wait_for(
+        lambda: "wrong pre-shared key" in cluster.master.log_text(), 10, "the master's log line"
+    )
     assert tree_state(local) == {}
     result = run_sift("status", "--master", f"127.0.0.1:{cluster.master_port}", "--psk", "nope")
     assert result.returncode == 1
