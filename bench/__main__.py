@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "settings": {k: v for k, v in vars(s).items() if k not in ("workdir", "log", "_datasets")},
+        "settings": {
+            k: v for k, v in vars(s).items() if k not in ("workdir", "log", "_datasets", "trash")
+        },
         "scenarios": {},
     }
     broken: list[str] = []

@@ -14,7 +14,6 @@ and checks the targets.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from bench.common import (
     wait_until,
 )
 from bench.tools import TOOLS, Deployment, SiftDeployment
+from bench.trash import Trash
 from sift.core.chunk import DEFAULT_PARAMS
 from sift.core.chunker import chunk_file
 
@@ -54,12 +54,16 @@ class Settings:
     keep: bool = False  # keep each run's directory (logs, mirrors) for inspection
     log: Callable[[str], None] = print
     _datasets: dict = field(default_factory=dict)
+    trash: Trash = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trash = Trash(self.workdir / "trash", self.log)
 
     def dataset(self, key: str, make: Callable[[Path], datasets.Dataset]) -> datasets.Dataset:
         """Generate each dataset once per suite; every tool and run reads the same bytes."""
         if key not in self._datasets:
             root = self.workdir / "data" / key
-            shutil.rmtree(root, ignore_errors=True)
+            self.trash.put(root)
             started = time.monotonic()
             ds = make(root)
             self.log(
@@ -72,18 +76,20 @@ class Settings:
     def drop_dataset(self, key: str) -> None:
         ds = self._datasets.pop(key, None)
         if ds is not None:
-            shutil.rmtree(ds.root, ignore_errors=True)
+            self.trash.put(ds.root)
 
     def done_with(self, path: Path) -> None:
         if not self.keep:
-            shutil.rmtree(path, ignore_errors=True)
+            self.trash.put(path)
 
     def run_dir(self, name: str) -> Path:
-        """A fresh directory for one run. Dirty data (the dataset just written, the trees of
-        earlier runs just deleted) is flushed first, so no run pays for another's writeback;
-        the dataset stays in the page cache."""
+        """A fresh directory for one run. Earlier trees go to the trash rather than being
+        deleted just before (see bench.trash); dirty data (the dataset just written, the trees
+        of earlier runs) is flushed first, so no run pays for another's writeback; the dataset
+        stays in the page cache."""
         path = self.workdir / "runs" / name
-        shutil.rmtree(path, ignore_errors=True)
+        self.trash.put(path)
+        self.trash.before_run()
         os.sync()
         path.mkdir(parents=True)
         return path
