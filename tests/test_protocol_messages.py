@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sift.protocol import messages
 from sift.protocol.errors import ProtocolError
 from sift.protocol.frames import FrameDecoder, encode_frame
 from sift.protocol.messages import (
@@ -29,6 +30,7 @@ from sift.protocol.messages import (
     OWN_PIECE,
     UINT64_MAX,
     ByteLength,
+    BytesView,
     ChunkRequest,
     ChunkResponse,
     Error,
@@ -65,6 +67,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
             return st.binary(min_size=marker.size, max_size=marker.size)
         if isinstance(marker, IntRange):
             return st.integers(marker.lo, marker.hi)
+        if isinstance(marker, BytesView):
+            return st.binary(max_size=64)
         raise TypeError(tp)
     if tp is bool:
         return st.booleans()
@@ -456,3 +460,94 @@ def test_parts_respect_the_frame_limit() -> None:
         )
     with pytest.raises(ValueError, match="exceeds the 100000-byte limit"):
         encode_message_parts(ManifestResponse(1, 2, None, b"x" * 100_000), max_frame_size=100_000)
+
+
+# -- ChunkResponse decoded without copying its chunks -------------------------------------------
+
+
+def _decode_copying(payload: bytes) -> Message:
+    """The generic decoder alone (msgpack copies every chunk): the reference for the view path."""
+    return messages._decode_generic(payload)
+
+
+@pytest.mark.parametrize("req_id", [0, 127, 128, 65_535, 65_536, 2**32, UINT64_MAX])
+@pytest.mark.parametrize("count", [0, 1, 15, 16])
+def test_received_chunks_are_views_of_the_payload(req_id: int, count: int) -> None:
+    """Every chunk of a ChunkResponse comes out as a read-only view of the payload it arrived
+    in, whatever the width of the request id, the chunk count or each chunk's length."""
+    sizes = [0, 5, 255, 256, 65_535, 65_536, 70_000]
+    chunks = tuple(
+        (bytes([i]) * 32, bytes([i % 251]) * sizes[i % len(sizes)]) for i in range(count)
+    )
+    msg = ChunkResponse(req_id, chunks, (b"m" * 32,), (), ((b"e" * 32, "10.0.0.1:7000"),))
+    payload = encode_payload(msg)
+    decoded = decode_payload(payload)
+    assert decoded == msg == _decode_copying(payload)
+    for (digest, data), (_, want) in zip(decoded.chunks, chunks, strict=True):
+        assert type(digest) is bytes
+        assert type(data) is memoryview
+        assert data.readonly
+        assert data.obj is payload  # not a copy
+        assert data == want
+    assert encode_payload(decoded) == payload  # a received response re-encodes as it came
+
+
+def test_a_bytearray_payload_gives_read_only_views() -> None:
+    payload = bytearray(encode_payload(ChunkResponse(1, ((H, b"abc" * 100),), (), (), ())))
+    data = decode_payload(payload).chunks[0][1]
+    assert data.readonly
+    with pytest.raises(TypeError):
+        data[0] = 0  # type: ignore[index]
+
+
+def test_other_encodings_of_a_chunk_response_still_decode() -> None:
+    """msgpack allows wider forms than the ones sift writes (a hash as bin16, a count as
+    array16): those take the generic path and decode to the same message."""
+    wide = (
+        b"\x96\x1f\xcd\x00\x07"  # req_id 7 as uint16
+        + b"\xdc\x00\x01"  # one chunk, as array16
+        + b"\x92\xc5\x00\x20"
+        + H  # the hash as bin16
+        + b"\xc6\x00\x00\x00\x03abc"  # data as bin32
+        + b"\x90\x90\x90"
+    )
+    assert decode_payload(wide) == ChunkResponse(7, ((H, b"abc"),), (), (), ())
+
+
+_CHUNK_RESPONSES = st.builds(
+    ChunkResponse,
+    st.integers(0, UINT64_MAX),
+    st.lists(
+        st.tuples(st.binary(min_size=32, max_size=32), st.binary(max_size=300)), max_size=4
+    ).map(tuple),
+    st.lists(st.binary(min_size=32, max_size=32), max_size=2).map(tuple),
+    st.lists(st.binary(min_size=32, max_size=32), max_size=2).map(tuple),
+    st.lists(st.tuples(st.binary(min_size=32, max_size=32), st.text(max_size=8)), max_size=2).map(
+        tuple
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msg=_CHUNK_RESPONSES, data=st.data())
+def test_the_view_path_agrees_with_msgpack_on_damaged_payloads(msg, data) -> None:
+    """Cut, extend or change any byte of a ChunkResponse: the view path decodes exactly what
+    the generic decoder does, or fails with the same error."""
+    payload = bytearray(encode_payload(msg))
+    action = data.draw(st.sampled_from(["cut", "extend", "flip"]))
+    at = data.draw(st.integers(0, len(payload) - 1))
+    if action == "cut":
+        del payload[at:]
+    elif action == "extend":
+        payload[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    else:
+        payload[at] = data.draw(st.integers(0, 255))
+    payload = bytes(payload)
+    assert _outcome(decode_payload, payload) == _outcome(_decode_copying, payload)
+
+
+def _outcome(decode, payload: bytes) -> object:
+    try:
+        return decode(payload)
+    except ProtocolError as exc:
+        return f"ProtocolError: {exc}"

@@ -86,6 +86,12 @@ class IntRange:
     hi: int
 
 
+@dataclass(frozen=True, slots=True)
+class BytesView:
+    """``Annotated`` marker: a ``bytes`` field that may also hold a read-only ``memoryview`` of
+    bytes (what the receiver decodes chunk bytes to, without copying them)."""
+
+
 INT64_MIN = -(2**63)
 UINT64_MAX = 2**64 - 1
 
@@ -94,6 +100,9 @@ Hash = Annotated[bytes, ByteLength(HASH_SIZE)]
 
 UInt = Annotated[int, IntRange(0, UINT64_MAX)]
 """A counter, id or version: an unsigned 64-bit integer."""
+
+ChunkData = Annotated[bytes, BytesView()]
+"""A chunk's bytes: ``bytes``, or a read-only view of the frame it arrived in."""
 
 # Plain `int` is whatever msgpack can carry: signed 64-bit up to unsigned 64-bit.
 _INT_RANGE = IntRange(INT64_MIN, UINT64_MAX)
@@ -181,6 +190,17 @@ def _fixed_bytes_codec(size: int) -> _Codec:
         return value
 
     return _Codec(expect, check, check, passthrough=True)
+
+
+def _bytes_or_view_codec() -> _Codec:
+    def check(value: Any) -> Any:
+        if type(value) is bytes:
+            return value
+        if type(value) is memoryview and value.readonly and value.format == "B" and value.ndim == 1:
+            return value
+        raise _Invalid(f"expected bytes, got {_describe(value)}")
+
+    return _Codec("bytes", check, check, passthrough=True)
 
 
 def _optional_codec(inner: _Codec) -> _Codec:
@@ -348,6 +368,8 @@ def _compile(tp: Any) -> _Codec:
         base, *meta = get_args(tp)
         if base is bytes and len(meta) == 1 and isinstance(meta[0], ByteLength):
             return _fixed_bytes_codec(meta[0].size)
+        if base is bytes and len(meta) == 1 and isinstance(meta[0], BytesView):
+            return _bytes_or_view_codec()
         if base is int and len(meta) == 1 and isinstance(meta[0], IntRange):
             return _int_codec(meta[0])
         raise TypeError(f"unsupported annotation {tp!r}")
@@ -604,7 +626,16 @@ def _unpack(payload: bytes) -> Any:
 
 def decode_payload(payload: bytes | bytearray | memoryview) -> Message:
     """Parse and validate one frame payload. Raises ``ProtocolError`` for anything malformed,
-    naming the message and field at fault."""
+    naming the message and field at fault. A ChunkResponse's chunk bytes are read-only
+    memoryviews of ``payload`` (see _chunk_response_view)."""
+    if payload[:2] == _CHUNK_RESPONSE_HEAD:
+        msg = _chunk_response_view(payload)
+        if msg is not None:
+            return msg
+    return _decode_generic(payload)
+
+
+def _decode_generic(payload: bytes | bytearray | memoryview) -> Message:
     obj = _unpack(payload)
     if type(obj) is not tuple:
         raise ProtocolError(
@@ -765,10 +796,11 @@ class ChunkRequest(Message):
 class ChunkResponse(Message):
     """Answer to ChunkRequest, every requested hash in exactly one list: ``chunks`` (here it is),
     ``missing`` (never had it), ``stale`` (had it, no longer current), ``elsewhere`` (fetch it
-    from the peer at this address)."""
+    from the peer at this address). Received chunk bytes are read-only memoryviews of the frame
+    (bytes-like: hash them, write them, compare them; ``bytes(data)`` for a copy of one's own)."""
 
     req_id: UInt
-    chunks: tuple[tuple[Hash, bytes], ...]
+    chunks: tuple[tuple[Hash, ChunkData], ...]
     missing: tuple[Hash, ...]
     stale: tuple[Hash, ...]
     elsewhere: tuple[tuple[Hash, str], ...]
@@ -776,6 +808,61 @@ class ChunkResponse(Message):
 
 # Messages whose field at this index is a tuple of (hash, bytes) chunk pairs, sent in pieces.
 _BULK_FIELD: dict[type[Message], int] = {ChunkResponse: 1}
+
+# -- receiving chunks without copying them -----------------------------------------------------
+# A peer receives every byte of the dataset in ChunkResponses, and msgpack would copy each chunk
+# out of the frame once more before it is hashed and written. So the exact shape _pieces writes
+# is read here by hand, each chunk a read-only view of the payload; anything else (or anything
+# wrong) goes to the generic decoder, which also says what is wrong.
+
+_CHUNK_RESPONSE_HEAD = bytes([0x96, ChunkResponse.TYPE_CODE])  # array of 6: the code, 5 fields
+_CHUNK_PAIR_HEAD = bytes([0x92, 0xC4, HASH_SIZE])  # [bin8 hash, bin data]
+_UINT_WIDTHS = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+_ARRAY_WIDTHS = {0xDC: 2, 0xDD: 4}
+_BIN_WIDTHS = {0xC4: 1, 0xC5: 2, 0xC6: 4}
+
+
+def _wide_int(view: memoryview, pos: int, widths: dict[int, int]) -> tuple[int, int] | None:
+    """The big-endian number after the marker byte at ``pos``: (value, position after it)."""
+    width = widths.get(view[pos]) if pos < len(view) else None
+    end = pos + 1 + (width or 0)
+    if width is None or end > len(view):
+        return None
+    return int.from_bytes(view[pos + 1 : end], "big"), end
+
+
+def _chunk_response_view(payload: bytes | bytearray | memoryview) -> ChunkResponse | None:
+    view = memoryview(payload).toreadonly()
+    pos = 2
+    if pos < len(view) and view[pos] < 0x80:  # req_id as a positive fixint
+        pos += 1
+    elif (found := _wide_int(view, pos, _UINT_WIDTHS)) is not None:
+        pos = found[1]
+    else:
+        return None
+    head_end = pos
+    if pos < len(view) and view[pos] & 0xF0 == 0x90:
+        count, pos = view[pos] & 0x0F, pos + 1
+    elif (found := _wide_int(view, pos, _ARRAY_WIDTHS)) is not None:
+        count, pos = found
+    else:
+        return None
+    chunks = []
+    for _ in range(count):
+        if view[pos : pos + 3] != _CHUNK_PAIR_HEAD:
+            return None
+        digest = view[pos + 3 : pos + 3 + HASH_SIZE].tobytes()
+        found = _wide_int(view, pos + 3 + HASH_SIZE, _BIN_WIDTHS)
+        if found is None or found[1] + found[0] > len(view):
+            return None
+        size, start = found
+        chunks.append((digest, view[start : start + size]))
+        pos = start + size
+    # The small fields (req_id, missing, stale, elsewhere, and no trailing bytes) are checked
+    # by the generic decoder, on the payload without its chunks.
+    rest = _decode_generic(bytes(view[:head_end]) + b"\x90" + bytes(view[pos:]))
+    assert isinstance(rest, ChunkResponse)
+    return ChunkResponse(rest.req_id, tuple(chunks), rest.missing, rest.stale, rest.elsewhere)
 
 
 @message(32)
