@@ -528,7 +528,7 @@ _CHUNK_RESPONSES = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(msg=_CHUNK_RESPONSES, data=st.data())
 def test_the_view_path_agrees_with_msgpack_on_damaged_payloads(msg, data) -> None:
     """Cut, extend or change any byte of a ChunkResponse: the view path decodes exactly what

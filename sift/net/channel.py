@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from sift import __version__
+from sift.net.frame_receiver import FrameReceiver
 from sift.net.tls import (
     ChannelBindingError,
     ServerTLS,
@@ -197,6 +198,12 @@ class Channel:
             # Frames that arrived in the same read as the handshake's last message.
             while (msg := self.conn.next_message()) is not None:
                 await self._dispatch(msg, handler)
+            # Plain TCP: frames are received into buffers of their own. Over TLS (whose
+            # decryption copies anyway) the StreamReader goes on.
+            receiver = FrameReceiver.take_over(self.writer, self.conn, self.reader)
+            if receiver is not None:
+                await self._serve_frames(receiver, handler)
+                return
             while not self.closed:
                 try:
                     if self.conn.at_frame_boundary:
@@ -229,6 +236,27 @@ class Channel:
         finally:
             keepalive.cancel()
             await self.close("done", send_goodbye=False)
+
+    async def _serve_frames(self, receiver: FrameReceiver, handler: Handler) -> None:
+        """The read loop on a plain TCP connection: whole frames from the receiver."""
+        while not self.closed:
+            try:
+                payload = await receiver.next_payload(IDLE_TIMEOUT)
+            except TimeoutError:
+                await self.close("idle timeout")
+                return
+            if payload is None:
+                partial = receiver.partial()
+                if partial:  # cut short: let the stream decoder say what was missing
+                    self.conn.receive_data(partial)
+                    self.conn.receive_data(b"")
+                    self.conn.next_message()
+                await self.close("connection closed by peer", send_goodbye=False)
+                return
+            self.bytes_in += FRAME_OVERHEAD + len(payload)
+            msg = self.conn.receive_frame(payload)
+            if msg is not None:
+                await self._dispatch(msg, handler)
 
     async def _read_frame(self) -> Message | None:
         """Read one whole frame with readexactly: one copy of the payload (out of the stream's

@@ -329,6 +329,14 @@ class Connection:
                 self._fail(exc)
             raise
 
+    def take_buffered(self) -> bytes:
+        """Bytes of a partial frame received with receive_data(), taken out of the connection
+        so the caller can go on with whole frames (``at_frame_boundary`` is then true). Only on
+        an open connection, after draining next_message()."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError("take_buffered() only on an open connection")
+        return self._decoder.take_buffered()
+
     def _check_whole_frames(self) -> None:
         if self._error is not None:
             raise ProtocolError(f"connection unusable after an earlier error: {self._error}")

@@ -140,6 +140,15 @@ class FrameDecoder:
         if self._need is None:
             self._parse_header()
 
+    def take_buffered(self) -> bytes:
+        """Hand over the bytes of a partial frame (and forget them), for a caller that reads
+        the rest of the stream itself. Call it after draining ``next_payload()``."""
+        self._check_usable()
+        out = bytes(self._buf)
+        self._buf.clear()
+        self._need = None
+        return out
+
     def next_payload(self) -> bytes | None:
         """The next complete frame's payload, or None until more bytes arrive."""
         self._check_usable()

@@ -859,8 +859,12 @@ def _chunk_response_view(payload: bytes | bytearray | memoryview) -> ChunkRespon
         chunks.append((digest, view[start : start + size]))
         pos = start + size
     # The small fields (req_id, missing, stale, elsewhere, and no trailing bytes) are checked
-    # by the generic decoder, on the payload without its chunks.
-    rest = _decode_generic(bytes(view[:head_end]) + b"\x90" + bytes(view[pos:]))
+    # by the generic decoder, on the payload without its chunks; if they are bad, it decodes
+    # the whole payload again to name the fault in the usual words.
+    try:
+        rest = _decode_generic(bytes(view[:head_end]) + b"\x90" + bytes(view[pos:]))
+    except ProtocolError:
+        return None
     assert isinstance(rest, ChunkResponse)
     return ChunkResponse(rest.req_id, tuple(chunks), rest.missing, rest.stale, rest.elsewhere)
 
