@@ -266,17 +266,17 @@ CONFIG_KEYS: tuple[ConfigKey, ...] = (
     ),
     ConfigKey("master", "control_group", "string", False, "", _GROUP_DESC, '"sift-operators"'),
     ConfigKey(
-        "master", "chunk_min_size", "integer", False, "16384",
-        "FastCDC minimum chunk size in bytes.", "16384",
+        "master", "chunk_min_size", "integer", False, "65536",
+        "FastCDC minimum chunk size in bytes.", "65536",
     ),
     ConfigKey(
-        "master", "chunk_avg_size", "integer", False, "65536",
+        "master", "chunk_avg_size", "integer", False, "262144",
         "FastCDC average chunk size in bytes. Changing any chunk size rehashes every file once.",
-        "65536",
+        "262144",
     ),
     ConfigKey(
-        "master", "chunk_max_size", "integer", False, "262144",
-        "FastCDC maximum chunk size in bytes.", "262144",
+        "master", "chunk_max_size", "integer", False, "1048576",
+        "FastCDC maximum chunk size in bytes.", "1048576",
     ),
     ConfigKey(
         "master", "rescan_interval", "float", False, "300",

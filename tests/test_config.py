@@ -132,7 +132,7 @@ def test_master_minimal_gets_defaults(tmp_path: Path) -> None:
     assert cfg.bind_addr == Address("0.0.0.0", 7777)
     assert cfg.state_dir == state_home / "sift" / "master"
     assert cfg.control_socket == cfg.state_dir / "control.sock"
-    assert cfg.params == DEFAULT_PARAMS == ChunkParams(16 * 1024, 64 * 1024, 256 * 1024)
+    assert cfg.params == DEFAULT_PARAMS == ChunkParams(64 * 1024, 256 * 1024, 1024 * 1024)
     assert cfg.rescan_interval == 300.0
     assert cfg.debounce_ms == 200
     assert cfg.max_frame_size == 64 * 1024 * 1024

@@ -22,9 +22,9 @@ class ChunkParams:
     """FastCDC parameters. They travel with every chunk list: the same bytes cut with other
     parameters give other chunks, so two lists are comparable only when these match."""
 
-    min_size: int = 16 * 1024
-    avg_size: int = 64 * 1024
-    max_size: int = 256 * 1024
+    min_size: int = 64 * 1024
+    avg_size: int = 256 * 1024
+    max_size: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         for name, value, (lo, hi) in (

@@ -140,10 +140,10 @@ async def test_config_set_is_validated_written_with_comments_and_applied(cluster
         assert event["type"] == "config.changed"
         assert event["data"]["applied"] == "live"
 
-        answer = await client.call("config.set", {"key": "chunk_avg_size", "value": 32768})
+        answer = await client.call("config.set", {"key": "chunk_avg_size", "value": 131072})
         assert answer["applied"] == "restart"
         keys = {k["name"]: k for k in (await client.call("config.get"))["keys"]}
-        assert keys["chunk_avg_size"]["value"] == 32768
+        assert keys["chunk_avg_size"]["value"] == 131072
         assert keys["psk"]["value"] == "<hidden>"
 
     # The watcher restarted with the new debounce and still publishes changes.

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import random
 
+from sift.core.chunk import DEFAULT_PARAMS
 from tests.integration.cluster import wait_for
 
 MiB = 1024 * 1024
+MAX_CHUNK = DEFAULT_PARAMS.max_size
 
 
 def test_edit_in_a_large_file_moves_only_the_changed_chunks(cluster):
@@ -30,9 +32,9 @@ def test_edit_in_a_large_file_moves_only_the_changed_chunks(cluster):
     for i in range(2):
         last = cluster.peer_status(i)["last_sync"]
         moved = last["bytes_from_master"] + last["bytes_from_peers"]
-        assert 0 < moved <= 2 * 256 * 1024, last  # the changed chunk(s), not the file
-        assert last["bytes_reused"] >= len(data) - 2 * 256 * 1024, last
-    assert cluster.status()["bytes_sent"] - sent_before <= 2 * 256 * 1024
+        assert 0 < moved <= 2 * MAX_CHUNK, last  # the changed chunk(s), not the file
+        assert last["bytes_reused"] >= len(data) - 2 * MAX_CHUNK, last
+    assert cluster.status()["bytes_sent"] - sent_before <= 2 * MAX_CHUNK
 
     # Holdings after the sync were reported as a difference; the master still knows that
     # every peer holds exactly the current version's chunks.

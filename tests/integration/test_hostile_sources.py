@@ -172,9 +172,9 @@ def test_a_delta_that_does_not_fit_our_manifest_falls_back_to_the_whole_one(tmp_
     that lost its state and reused version numbers) is not applied: the peer fetches the whole
     manifest and converges to the master's real content."""
     psk = "delta-test-key"
-    v1 = os.urandom(3_000_000)
+    v1 = os.urandom(12_000_000)
     v2 = bytearray(v1)
-    v2[1_500_000] ^= 0xFF
+    v2[6_000_000] ^= 0xFF
     chunks: dict[bytes, bytes] = {}
 
     def entry(data: bytes, mtime: int) -> FileEntry:
@@ -190,7 +190,7 @@ def test_a_delta_that_does_not_fit_our_manifest_falls_back_to_the_whole_one(tmp_
     m2 = Manifest.build(2, DEFAULT_PARAMS, [e2])
     # The delta edits a third version of big.bin the peer never had.
     v3 = bytearray(v1)
-    v3[500_000] ^= 0xFF
+    v3[2_000_000] ^= 0xFF
     other = Manifest.build(1, DEFAULT_PARAMS, [entry(bytes(v3), 5)])
     delta = make_delta(other, m2)
     assert isinstance(delta.upserts[0], FileEdit)  # a small edit of that other version

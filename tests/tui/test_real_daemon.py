@@ -92,14 +92,14 @@ async def test_config_edits_go_through_the_real_daemon(cluster: Cluster):
         table.focus()
         table.move_cursor(row=table.get_row_index("debounce_ms"))
         table.move_cursor(row=table.get_row_index("max_frame_size"))
-        await pilot.press("e", "ctrl+u", *"1048576", "enter")
+        await pilot.press("e", "ctrl+u", *"8388608", "enter")
         await until(pilot, lambda: "restarts" in str(feedback.render()), "the restart note")
         await until(
             pilot,
             lambda: "needs restart" in str(table.get_cell("max_frame_size", "state")),
             "the needs-restart marker",
         )
-        assert "max_frame_size = 1048576" in config_file.read_text()
+        assert "max_frame_size = 8388608" in config_file.read_text()
 
 
 async def test_console_follows_a_version_bump_and_a_daemon_restart(cluster: Cluster):
