@@ -4,6 +4,7 @@ connections, on both event loops the daemons may run (asyncio's and uvloop)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 
@@ -27,9 +28,10 @@ def run_on(loop: str, coro_fn, timeout: float = 60.0):
         return runner.run(bounded())
 
 
-async def _pair(on_server):
-    """A real authenticated connection on 127.0.0.1; `on_server(channel)` runs on the server's
-    side. Returns (server, client channel)."""
+@contextlib.asynccontextmanager
+async def _client_of(on_server):
+    """The client channel of a real authenticated connection on 127.0.0.1, closed afterwards;
+    `on_server(channel)` runs on the server's side."""
 
     async def on_connect(reader, writer):
         channel = await accept(reader, writer, PSK, "server", lambda: 1)
@@ -37,7 +39,11 @@ async def _pair(on_server):
 
     server = await listen(on_connect, ("127.0.0.1", 0))
     client = await connect("127.0.0.1", server.sockets[0].getsockname()[1], PSK, "client")
-    return server, client
+    try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
 
 
 async def _write_in_random_pieces(channel: Channel, data: bytes, rng: random.Random) -> None:
@@ -63,8 +69,7 @@ def test_frames_of_every_size_arrive_whole_and_large_ones_in_their_own_buffer(lo
             stream = b"".join(encode_frame(p) for p in payloads)
             await _write_in_random_pieces(channel, stream, rng)
 
-        server, client = await _pair(send)
-        try:
+        async with _client_of(send) as client:
             receiver = FrameReceiver.take_over(client.writer, client.conn, client.reader)
             assert receiver is not None
             for want in payloads:
@@ -72,9 +77,6 @@ def test_frames_of_every_size_arrive_whole_and_large_ones_in_their_own_buffer(lo
                 assert got == want
                 # Past the scratch buffer, the kernel wrote the payload where it now is.
                 assert type(got) is (bytearray if len(want) > EDGE else bytes)
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -94,8 +96,7 @@ def test_bytes_received_before_the_take_over_are_kept_in_order(loop: str):
             await channel.writer.drain()
             sent.set()
 
-        server, client = await _pair(send)
-        try:
+        async with _client_of(send) as client:
             await sent.wait()
             await asyncio.sleep(0.2)
             assert not client.conn.at_frame_boundary  # part of a frame came with the HelloAck
@@ -104,9 +105,6 @@ def test_bytes_received_before_the_take_over_are_kept_in_order(loop: str):
             assert client.conn.at_frame_boundary
             for want in payloads:
                 assert await receiver.next_payload(10.0) == want
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -123,17 +121,13 @@ def test_a_reader_that_falls_behind_pauses_the_socket(loop: str):
                 channel.writer.write(encode_frame(f))
                 await channel.writer.drain()
 
-        server, client = await _pair(send)
-        try:
+        async with _client_of(send) as client:
             receiver = FrameReceiver.take_over(client.writer, client.conn, client.reader)
             await asyncio.sleep(0.5)
             assert receiver._queued <= MAX_QUEUED + (1 << 20)
             assert not client.writer.transport.is_reading()
             for want in frames:
                 assert await receiver.next_payload(10.0) == want
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -150,16 +144,12 @@ def test_silence_times_out_but_a_slow_large_frame_does_not(loop: str):
                 channel.writer.write(frame[at : at + 20_000])
                 await asyncio.sleep(0.1)
 
-        server, client = await _pair(trickle)
-        try:
+        async with _client_of(trickle) as client:
             receiver = FrameReceiver.take_over(client.writer, client.conn, client.reader)
             with pytest.raises(TimeoutError):
                 await receiver.next_payload(0.2)  # nothing yet
             await asyncio.sleep(0.5)
             assert await receiver.next_payload(0.4) == big  # pieces keep it alive
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -173,16 +163,12 @@ def test_a_frame_cut_short_closes_the_channel_saying_so(loop: str, size: int):
             await channel.writer.drain()
             channel.writer.close()
 
-        server, client = await _pair(cut)
-        try:
+        async with _client_of(cut) as client:
             await client.serve(lambda ch, msg: None)
             assert client.close_reason == (
                 "protocol error: connection closed in the middle of a frame "
                 f"(got {size // 2} of {size + FRAME_OVERHEAD} bytes)"
             )
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
 
@@ -196,20 +182,16 @@ def test_a_bad_header_after_good_frames_is_a_protocol_error(loop: str):
             await channel.writer.drain()
             await asyncio.sleep(5)
 
-        server, client = await _pair(send)
         seen = []
 
         async def handle(ch, msg):
             seen.append(msg)
 
-        try:
+        async with _client_of(send) as client:
             await client.serve(handle)
             assert seen == [ManifestPush(9)]  # the good frame before it was delivered
             assert client.close_reason.startswith(
                 "protocol error: frame of 1313821728 bytes exceeds"
             )
-        finally:
-            await client.close()
-            server.close()
 
     run_on(loop, main)
