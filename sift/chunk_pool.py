@@ -2,7 +2,7 @@
 
 Why a process and not a thread: fastcdc's compiled cut holds the GIL (it is ~60% of the work),
 and blake3 releases it for every chunk, so two chunking threads hand the GIL over twice per
-64 KiB chunk. Measured on the 2-core bench machine over the 1 GiB mixed tree: two threads were
+chunk. Measured on the 2-core bench machine over the 1 GiB mixed tree: two threads were
 ~25% *slower* than one, while one helper process made the scan 1.5-1.75x faster when the second
 core was free (docs/performance.md, (e)). The helper is a plain ``python -m sift.chunk_helper``
 that imports only the chunker (~26 MB resident), lives for one scan, and is started only when

@@ -68,8 +68,8 @@ HOLDINGS_EVENT_INTERVAL = 0.5  # seconds between peer.holdings events for one pe
 RECENT_VERSIONS = 20  # version summaries kept for status and the console
 EVENT_PATHS = 50  # paths listed per kind in a manifest.published event
 HINTS_PER_MESSAGE = 4096  # chunk hashes per ChunkHints message (~140 KB)
-# Peers told about each batch the master sends: hints then cost the master at most ~0.8% of
-# the chunk bytes it sends (16 x 34 bytes a 64 KiB chunk), whatever the number of peers; the
+# Peers told about each batch the master sends: hints then cost the master at most 16 x 34
+# bytes a chunk (0.2% of a default 256 KiB chunk), whatever the number of peers; the
 # others learn of the fetcher from the master's answers, as before.
 HINT_FANOUT = 16
 
