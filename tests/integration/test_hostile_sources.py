@@ -39,7 +39,9 @@ def _write_dataset(root: Path, files: int = 4, size: int = 700_000) -> None:
 
 def test_lying_peers_are_banned_and_the_sync_completes_from_others(cluster: Cluster, loop_thread):
     _write_dataset(cluster.master_dir)
-    cluster.start_master()
+    # Small chunks (~43 of them): a liar that is asked at all gets a batch of several, enough for
+    # the three strikes of a ban. With the default 256 KiB chunks a batch can hold one or two.
+    cluster.start_master(chunk_min_size=16384, chunk_avg_size=65536, chunk_max_size=262144)
     cluster.add_peer()
     cluster.wait_converged()  # peer1 holds everything honestly
 
