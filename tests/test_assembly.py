@@ -206,6 +206,52 @@ def test_commit_places_file_with_mode_and_mtime(root, asm):
     assert list(asm.tmp_dir.iterdir()) == []
 
 
+def test_small_part_is_sealed_as_it_completes(root, asm):
+    """Mode, mtime and stat are set while the completed part is still open: the commit then
+    only renames it, and records the stat taken at completion."""
+    data = blob(25_000, seed=5)
+    part = asm.open_part(entry_for("s.bin", data, mode=0o640))
+    fill(asm, part, data)
+    st = part.path.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, MTIME)
+    assert part.sealed is not None
+    assert part.sealed.st_ino == st.st_ino
+    placed = asm.commit([part])
+    final = (root / "s.bin").stat()
+    assert final.st_ino == st.st_ino
+    assert placed[0][1].st_mtime_ns == final.st_mtime_ns == MTIME
+
+
+def test_read_only_part_keeps_owner_access_until_the_commit(root, asm):
+    """A part whose mode would lock its owner out stays 0o600 until the commit, so a sync
+    resumed after a crash can open it again."""
+    data = blob(25_000, seed=6)
+    entry = entry_for("ro.bin", data, mode=0o444)
+    part = asm.open_part(entry)
+    fill(asm, part, data)
+    assert part.sealed is None
+    assert stat.S_IMODE(part.path.stat().st_mode) == 0o600
+    again = Assembler(root).open_part(entry)  # the sync is killed; a new process resumes it
+    assert again.complete
+    asm.commit([again])
+    assert stat.S_IMODE((root / "ro.bin").stat().st_mode) == 0o444
+    assert (root / "ro.bin").read_bytes() == data
+
+
+def test_large_part_is_sealed_at_the_commit(root, asm, monkeypatch):
+    import sift.peer.assembly as assembly_mod
+
+    monkeypatch.setattr(assembly_mod, "WRITEBACK_MIN", 10_000)  # large without writing 1 MiB
+    data = blob(25_000, seed=7)
+    part = asm.open_part(entry_for("big.bin", data, mode=0o640))
+    fill(asm, part, data)
+    assert part.sealed is None
+    assert stat.S_IMODE(part.path.stat().st_mode) == 0o600
+    asm.commit([part])
+    st = (root / "big.bin").stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, MTIME)
+
+
 def test_commit_many_files_and_an_empty_one(root, asm):
     files = {f"d{i % 2}/f{i}": blob(500 * i, seed=i) for i in range(7)}  # f0 is empty
     parts = []

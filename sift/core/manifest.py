@@ -724,9 +724,11 @@ def _pack(obj: Any) -> bytes:
 ENCODE_PART = 1 << 16  # bytes per part of an encoded manifest (a large file's entry may be more)
 
 
-def encode_manifest(manifest: Manifest) -> bytes:
-    """The canonical msgpack encoding of a manifest (validated first; ManifestError if invalid)."""
-    validate_manifest(manifest)
+def encode_manifest(manifest: Manifest, *, validate: bool = True) -> bytes:
+    """The canonical msgpack encoding of a manifest (validated first, ManifestError if invalid,
+    unless the caller knows it already was)."""
+    if validate:
+        validate_manifest(manifest)
     return b"".join(iter_manifest_parts(manifest, 1 << 20))
 
 

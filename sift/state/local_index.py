@@ -150,8 +150,9 @@ class LocalIndex:
 
     def save_manifest(self, manifest: Manifest) -> None:
         """Record ``manifest`` as the last one fully applied, and its version as the synced one,
-        atomically (the base for the next delta)."""
-        data = encode_manifest(manifest)
+        atomically (the base for the next delta). Not validated again: it passed
+        decode_manifest or apply_delta on arrival, and load_manifest decodes it in full."""
+        data = encode_manifest(manifest, validate=False)
         try:
             with transaction(self._conn):
                 set_meta(self._conn, _APPLIED_MANIFEST, data)
