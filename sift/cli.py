@@ -22,11 +22,8 @@ from sift import __version__
 from sift.config import Address, ConfigError, load_master_config, load_peer_config
 from sift.control.client import ControlClosed, ControlError, control_call
 from sift.control.server import SocketInUse
-from sift.demo import run_demo
 from sift.malloc_tuning import tune_malloc
-from sift.master.daemon import MasterDaemon
 from sift.net.tls import TLSError, client_context
-from sift.peer.daemon import NotOurDirectory, PeerDaemon
 from sift.protocol import AuthenticationError, ProtocolError
 from sift.state import StateError
 from sift.status import fetch_status, format_status, to_json
@@ -70,6 +67,7 @@ def _run_daemon(
     make: Callable[[object], object],
     path: str,
     log_level: str | None,
+    refusals: tuple[type[Exception], ...] = (),
 ) -> int:
     """Load the config and build the daemon (one-line error, exit 2, on a bad config or state),
     then run it until SIGINT/SIGTERM. Binding happens first in `run`, so an OSError before the
@@ -79,7 +77,7 @@ def _run_daemon(
         if log_level is None:  # no --log-level: the config's log_level decides
             logging.getLogger().setLevel(config.log_level.upper())
         daemon = make(config)
-    except (ConfigError, StateError, NotOurDirectory) as exc:
+    except (ConfigError, StateError, *refusals) as exc:
         return _fail(str(exc), EXIT_USAGE)
     tune_malloc()
     try:
@@ -93,14 +91,22 @@ def _run_daemon(
     return EXIT_OK
 
 
+# Each command imports only what it runs: a peer's imports are part of its first sync's time,
+# and the master's (the scanner, fastcdc and its click) would add a fifth to them.
+
+
 def cmd_master_start(args: argparse.Namespace) -> int:
+    from sift.master.daemon import MasterDaemon  # noqa: PLC0415 (see above)
+
     load = functools.partial(load_master_config, psk_file=args.psk_file)
     return _run_daemon(load, MasterDaemon, args.config, args.log_level)
 
 
 def cmd_peer_start(args: argparse.Namespace) -> int:
+    from sift.peer.daemon import NotOurDirectory, PeerDaemon  # noqa: PLC0415 (see above)
+
     load = functools.partial(load_peer_config, psk_file=args.psk_file)
-    return _run_daemon(load, PeerDaemon, args.config, args.log_level)
+    return _run_daemon(load, PeerDaemon, args.config, args.log_level, (NotOurDirectory,))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -167,6 +173,8 @@ def _status_tls(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from sift.demo import run_demo  # noqa: PLC0415 (as for the daemons above)
+
     return run_demo(
         peers=args.peers, base_dir=args.dir, size_mb=args.size_mb, headless=args.headless
     )
