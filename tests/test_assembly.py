@@ -64,6 +64,8 @@ def test_fresh_part_lists_every_chunk_missing(asm):
         assert part.path.parent == asm.tmp_dir
         assert part.path.name.endswith(PART_SUFFIX)
         assert part.missing == {off: h for off, h, _ in offsets(entry)}
+        assert part.rel == str(part.path.relative_to(asm.local_dir))
+        assert part.missing_bytes() == entry.size
         assert not part.complete
         # Nothing is created before the first write: a sync of many files opens each once.
         assert part.fd is None
@@ -73,6 +75,7 @@ def test_fresh_part_lists_every_chunk_missing(asm):
         assert os.fstat(part.fd).st_size == entry.size
         assert stat.S_IMODE(os.fstat(part.fd).st_mode) == 0o600
         assert first_off not in part.missing
+        assert part.missing_bytes() == entry.size - first_len
     finally:
         asm.close(part)
 

@@ -38,6 +38,7 @@ from sift.peer.plan import Run
 log = logging.getLogger("sift.peer.assembly")
 
 TMP_SUBDIR = "tmp"
+TMP_REL = f"{RESERVED_DIR}/{TMP_SUBDIR}"  # the tmp directory, relative to local_dir
 PART_SUFFIX = ".part"
 
 
@@ -159,9 +160,16 @@ class PartFile:
             yield offset, chunk.hash, chunk.length
             offset += chunk.length
 
+    @property
+    def rel(self) -> str:
+        """The part file's path relative to local_dir (where its chunks can be read from)."""
+        return f"{TMP_REL}/{self.path.name}"
+
     def missing_bytes(self) -> int:
         """Bytes still to be written: the whole file minus what is already there (a resumed
         part, or a patched file's unchanged chunks)."""
+        if self.patch is None and len(self.missing) == self.entry.chunk_count:
+            return self.entry.size  # a new part: nothing there yet (the common case)
         return sum(length for slot, _, length in self.slots() if slot in self.missing)
 
 

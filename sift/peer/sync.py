@@ -298,7 +298,7 @@ class Syncer:
                 for slot, digest in part.missing.items():
                     dests.setdefault(digest, []).append((part, slot))
                 continue  # the unchanged chunks are where they were: in the live file
-            rel = str(part.path.relative_to(self.local_dir))
+            rel = part.rel
             for offset, digest, length in part.slots():
                 if offset in part.missing:
                     dests.setdefault(digest, []).append((part, offset))
@@ -342,7 +342,7 @@ class Syncer:
             good, bad = await asyncio.to_thread(verify_and_store)
             for digest, data in good:
                 part, offset = dests[digest][0]
-                rel = str(part.path.relative_to(self.local_dir))
+                rel = part.rel
                 self.chunks.add(digest, ChunkLocation(rel, offset, len(data)))
                 self.chunks.pending.discard(digest)
             if good:
