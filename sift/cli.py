@@ -92,7 +92,7 @@ def _run_daemon(
 
 
 # Each command imports only what it runs: a peer's imports are part of its first sync's time,
-# and the master's (the scanner, fastcdc and its click) would add a fifth to them.
+# and the master's (the scanner, fastcdc and the click it imports) added 64 ms to a peer's 165.
 
 
 def cmd_master_start(args: argparse.Namespace) -> int:
