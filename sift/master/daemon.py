@@ -27,6 +27,7 @@ from sift.config import MasterConfig
 from sift.control.config_edit import ConfigChange
 from sift.control.service import ControlService
 from sift.core.manifest import (
+    ChunkLocation,
     DirEntry,
     Manifest,
     diff,
@@ -490,9 +491,18 @@ class MasterDaemon:
         that carries chunk bytes is read and sent inside a serving slot, held until its bytes
         are handed to the socket."""
         manifest = self.current
-        locations = manifest.chunk_locations()
-        known = [h for h in msg.hashes if h in locations]
-        missing = tuple(h for h in msg.hashes if h not in locations)
+        # One index lookup per hash (the reading thread gets the locations found here): with
+        # thousands of small files a request is many chunks, and each lookup is a search.
+        where: dict[bytes, ChunkLocation] = {}
+        missing_list: list[bytes] = []
+        index = manifest.chunk_locations()
+        for h in msg.hashes:
+            loc = index.get(h)
+            if loc is None:
+                missing_list.append(h)
+            else:
+                where[h] = loc
+        known, missing = list(where), tuple(missing_list)
         if session.role == "peer":
             plan = self.distributor.assign(session.node_id, known, msg.avoid)
             serve, elsewhere = list(plan.from_master), plan.elsewhere
@@ -504,7 +514,7 @@ class MasterDaemon:
             return ChunkResponse(msg.req_id, (), missing, (), tuple(elsewhere))
         async with self._serving:
             found, stale = await asyncio.get_running_loop().run_in_executor(
-                self.read_pool, self.reader.read_many, serve, locations
+                self.read_pool, self.reader.read_many, serve, where
             )
             if stale:
                 log.info("%d chunk(s) changed on disk since the scan; rescanning", len(stale))
