@@ -7,9 +7,7 @@ operator gets. Ctrl-C stops them all cleanly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import ctypes.util
 import json
 import random
 import secrets
@@ -21,18 +19,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from sift.libc import libc_function
 from sift.net.ports import free_port
 from sift.status import fetch_status, human_size
 
 PR_SET_PDEATHSIG = 1
+_prctl = libc_function("prctl", [ctypes.c_int, ctypes.c_ulong])  # looked up before any fork
 
 
 def _die_with_parent() -> None:
     """In the child before exec: ask Linux to SIGTERM it when the demo dies, so even a killed
     demo leaves no daemon behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def make_sample_dataset(root: Path, *, size_mb: int = 32, runs: int = 3, seed: int = 7) -> int:

@@ -12,7 +12,8 @@ for reuse is bounded by those figures.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+
+from sift.libc import libc_function
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -22,13 +23,9 @@ TRIM_THRESHOLD = 16 << 20  # free memory kept at the top of the heap before it i
 
 def tune_malloc() -> bool:
     """Apply the settings; False where the C library has no mallopt (e.g. musl)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
     return bool(
         mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )

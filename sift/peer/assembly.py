@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -24,6 +23,7 @@ from blake3 import blake3
 from sift.core.chunk import hash_chunk
 from sift.core.manifest import DirEntry, FileEntry, SymlinkEntry
 from sift.core.paths import RESERVED_DIR
+from sift.libc import libc_function
 from sift.peer.patch import (
     SEALED_SUFFIX,
     UNSEALED_SUFFIX,
@@ -45,14 +45,7 @@ PART_SUFFIX = ".part"
 def _load_syncfs():
     """syncfs(2) flushes one filesystem: one call makes a whole batch of part files durable
     before they are renamed, instead of one fsync per small file."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+    return libc_function("syncfs", [ctypes.c_int])
 
 
 _syncfs = _load_syncfs()
@@ -62,14 +55,9 @@ def _load_sync_file_range():
     """sync_file_range(2) with SYNC_FILE_RANGE_WRITE starts writing a file's dirty pages back
     without waiting: a part that is complete starts going to disk while the sync still fetches,
     so the durability step at the commit has little left to wait for."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
+    return libc_function(
+        "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    )
 
 
 _sync_file_range = _load_sync_file_range()
@@ -86,14 +74,7 @@ def _load_fallocate():
     2.1 s against 0.26 s of system time per GiB of 64 KiB writes). A full disk also shows up
     here, at once, instead of after half the file has been fetched. Not glibc's
     posix_fallocate: where the filesystem has no fallocate it writes a byte into every block."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.fallocate
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
+    return libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 
 
 _fallocate = _load_fallocate()
