@@ -91,8 +91,9 @@ def _run_daemon(
     return EXIT_OK
 
 
-# Each command imports only what it runs: a peer's imports are part of its first sync's time,
-# and the master's (the scanner, fastcdc and the click it imports) added 64 ms to a peer's 165.
+# Each command imports only what it runs: a peer's imports are part of its first sync's time
+# (four peers starting at once on two cores wait for each other's), and the master's (the
+# scanner, the chunk pool, fastcdc and the click it imports) added about 9 ms to each.
 
 
 def cmd_master_start(args: argparse.Namespace) -> int:
